@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the project needs, idempotently:
+#   .venv      the app environment (Python 3.11, pinned torch/torchvision pair from the machine's local files)
+#   .venv-ls   Label Studio 1.23 in its own environment (its pins clash with Prefect's)
+# Re-running is cheap: each step is skipped when its stamp matches the current pins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${GEOLABEL_PYTHON:-$(command -v python3.11 || true)}
+if [ -z "$PY" ]; then echo "setup: Python 3.11 is required (set GEOLABEL_PYTHON to its path)" >&2; exit 2; fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+app_stamp=$(stamp_of pyproject.toml)
+if [ ! -f .venv/.geolabel-stamp ] || [ "$(cat .venv/.geolabel-stamp)" != "$app_stamp" ]; then
+  echo "setup: creating the app environment in .venv (first time ~4 min, ~6.5 GB: torch is a CUDA build)"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "$app_stamp" > .venv/.geolabel-stamp
+fi
+
+bash scripts/labelstudio_venv.sh
+echo "setup: ready (app: $ROOT/.venv, Label Studio: $ROOT/.venv-ls)"

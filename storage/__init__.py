@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models of every stage's record, repositories, blob stores and settings."""
