@@ -1,0 +1,20 @@
+"""Shared test configuration. Service fixtures live in tests/fixtures/ (one module per service) and are loaded here.
+
+Services are real and started once per test session by those fixtures: PostgreSQL (already running on the machine),
+moto_server for S3, Label Studio from .venv-ls, Prefect's test harness.
+"""
+
+import os
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = [
+    "tests.fixtures.storage",
+    "tests.fixtures.models",
+    "tests.fixtures.labelstudio",
+    "tests.fixtures.prefect",
+]
