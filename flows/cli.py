@@ -6,7 +6,6 @@ Errors are printed as one clear line (exit code 1) unless ``--debug`` is given, 
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -48,7 +47,7 @@ def _register() -> None:
 _COMMAND_MODULES: list[str] = []
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     _register()
     try:
         app(args=argv, standalone_mode=False)

@@ -22,10 +22,9 @@ def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = mask.shape
     if (h, w) == (height, width):
         return mask
-    rows = ((np.arange(height) + 0.5) * (h / height)).astype(np.intp)
-    cols = ((np.arange(width) + 0.5) * (w / width)).astype(np.intp)
-    np.minimum(rows, h - 1, out=rows)
-    np.minimum(cols, w - 1, out=cols)
+    # source index of output pixel i: floor((i + 0.5) * h / height), in exact integer arithmetic
+    rows = ((2 * np.arange(height, dtype=np.int64) + 1) * h) // (2 * height)
+    cols = ((2 * np.arange(width, dtype=np.int64) + 1) * w) // (2 * width)
     return mask[rows[:, None], cols[None, :]]
 
 

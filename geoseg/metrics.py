@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -79,17 +80,20 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, theta: float | None = None) -> 
     th = default_theta(p.shape) if theta is None else float(theta)
     if not th >= 0:
         raise ValueError(f"theta must be >= 0, got {theta}")
-    bp, bg = boundary(p), boundary(g)
-    n_p, n_g = int(np.count_nonzero(bp)), int(np.count_nonzero(bg))
+    # Everything happens inside the bounding window of both masks, padded by one pixel: outside it both masks are
+    # background, so erosion (border = background) and the distance transforms there are exact for every boundary
+    # pixel, and the full image is never transformed.
+    both = p | g
+    rows, cols = np.nonzero(both.any(axis=1))[0], np.nonzero(both.any(axis=0))[0]
+    if rows.size == 0:
+        return 1.0
+    win = (slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2), slice(max(int(cols[0]) - 1, 0), int(cols[-1]) + 2))
+    bpw, bgw = boundary(p[win]), boundary(g[win])
+    n_p, n_g = int(np.count_nonzero(bpw)), int(np.count_nonzero(bgw))
     if n_p == 0 and n_g == 0:
         return 1.0
     if n_p == 0 or n_g == 0:
         return 0.0
-    # Both boundaries lie inside the bounding window of their union, so distance transforms computed on that
-    # window are exact for every boundary pixel: the full image is never transformed.
-    ys, xs = np.nonzero(bp | bg)
-    win = (slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1))
-    bpw, bgw = bp[win], bg[win]
     d_to_g = ndimage.distance_transform_edt(~bgw)
     d_to_p = ndimage.distance_transform_edt(~bpw)
     precision = float(np.count_nonzero(d_to_g[bpw] <= th)) / n_p

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
