@@ -1,0 +1,1 @@
+"""Benchmarks in, scores out: benchmark readers, the evaluation harness, reports and the MLLM judge."""

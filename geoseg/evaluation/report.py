@@ -1,0 +1,333 @@
+"""Evaluation report: CSV + Markdown tables, PNG plots, an overlay gallery and an HTML page that links them.
+
+Files written under ``out_dir``:
+
+- ``samples.csv``       one row per sample and run (metrics, confusion counts, route, time, error)
+- ``summary.csv``       mean of each metric and cumulative IoU per run and group (all, domain, level, domain x level)
+- ``ablation.csv``      Table-3-shaped rows (full, w/o refinement, w/o Route A, w/o Route B) when ablations ran
+- ``report.md``         the tables (overall, domain x level, ablation, timings, pre-label quality, judge)
+- ``plots/domain_level_miou.png``, ``plots/iou_hist.png`` (and ``plots/ablation.png``)
+- ``gallery/worst_*.png``, ``gallery/best_*.png``  composites: ground truth green, prediction red, overlap yellow
+- ``report.html``       everything above, linked
+
+When the run used the tiny random models, every file that shows scores says so (TINY_MODEL_WARNING).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.evaluation.harness import EvalRun, outcomes_table
+from geoseg.evaluation.overlay import composite
+from geoseg.metrics import METRIC_NAMES
+from geoseg.types import TINY_MODEL_WARNING
+
+ABLATION_LABELS: dict[str, str] = {
+    "full": "GeoSeg (full)",
+    "no_refine": "w/o refinement",
+    "no_route_a": "w/o Route A (points)",
+    "no_route_b": "w/o Route B (text)",
+}
+LEVEL_ORDER = ("L1", "L2", "L3", "L?")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    out_dir: Path
+    markdown: Path
+    html: Path
+    csvs: tuple[Path, ...]
+    plots: tuple[Path, ...]
+    gallery: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def _pct(v: float) -> str:
+    return f"{100.0 * v:.1f}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def summary_rows(run: EvalRun) -> list[dict[str, Any]]:
+    """One row per group of ``run.aggregate()``."""
+    rows = []
+    for key, stats in run.aggregate().items():
+        if key == ("all",):
+            group, domain, level = "all", "", ""
+        elif key[0] == "x":
+            group, domain, level = "domain x level", key[1], key[2]
+        else:
+            group, domain, level = key[0], key[1] if key[0] == "domain" else "", key[1] if key[0] == "level" else ""
+        row = {"run": run.label, "model_version": run.model_version, "group": group, "domain": domain,
+               "level": level, "n": int(stats["n"]), "ciou": round(stats["ciou"], 6)}
+        row.update({f"mean_{m}": round(stats[f"mean_{m}"], 6) for m in METRIC_NAMES if f"mean_{m}" in stats})
+        rows.append(row)
+    return rows
+
+
+def domain_level_table(run: EvalRun) -> tuple[list[str], list[list[str]]]:
+    """Rows: domains (+ all); columns: levels (+ all); cells ``mIoU / cIoU (n)`` in percent."""
+    agg = run.aggregate()
+    domains = sorted({o.domain for o in run.outcomes})
+    levels = [lv for lv in LEVEL_ORDER if any(o.level == lv for o in run.outcomes)]
+
+    def cell(stats: Mapping[str, float] | None) -> str:
+        if not stats:
+            return "-"
+        return f"{_pct(stats['mean_iou'])} / {_pct(stats['ciou'])} ({int(stats['n'])})"
+
+    header = ["domain \\ level", *levels, "all"]
+    rows = [[d, *[cell(agg.get(("x", d, lv))) for lv in levels], cell(agg.get(("domain", d)))] for d in domains]
+    rows.append(["all", *[cell(agg.get(("level", lv))) for lv in levels], cell(agg.get(("all",)))])
+    return header, rows
+
+
+def ablation_rows(runs: Mapping[str, EvalRun]) -> list[dict[str, Any]]:
+    """Table 3 shape: setting, refine / Route A / Route B switches, mIoU, cIoU, delta vs full, time per sample."""
+    from geoseg.types import ABLATIONS
+
+    full = runs.get("full")
+    full_miou = full.aggregate()[("all",)]["mean_iou"] if full and full.outcomes else None
+    rows = []
+    for name in ("full", "no_refine", "no_route_a", "no_route_b"):
+        if name not in runs or not runs[name].outcomes:
+            continue
+        stats = runs[name].aggregate()[("all",)]
+        sw = ABLATIONS[name]
+        rows.append({
+            "setting": ABLATION_LABELS[name], "refine": "yes" if sw["refine"] else "no",
+            "route_a": "yes" if sw["route_a"] else "no", "route_b": "yes" if sw["route_b"] else "no",
+            "miou": round(100 * stats["mean_iou"], 2), "ciou": round(100 * stats["ciou"], 2),
+            "delta_miou": "" if full_miou is None else round(100 * (stats["mean_iou"] - full_miou), 2),
+            "mean_boundary_f": round(100 * stats.get("mean_boundary_f", float("nan")), 2),
+            "s_per_sample": round(runs[name].seconds_per_sample(), 4), "errors": runs[name].n_errors,
+            "model_version": runs[name].model_version,
+        })
+    return rows
+
+
+def _plots(run: EvalRun, runs: Mapping[str, EvalRun], plot_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    out: list[Path] = []
+    agg = run.aggregate()
+    domains = sorted({o.domain for o in run.outcomes})
+    levels = [lv for lv in LEVEL_ORDER if any(o.level == lv for o in run.outcomes)]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / max(1, len(levels))
+    x = np.arange(len(domains))
+    for j, lv in enumerate(levels):
+        vals = [100 * agg.get(("x", d, lv), {}).get("mean_iou", np.nan) for d in domains]
+        ax.bar(x + (j - (len(levels) - 1) / 2) * width, vals, width, label=lv)
+    ax.set_xticks(x, domains)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"mIoU per domain and level ({run.label})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = plot_dir / "domain_level_miou.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    out.append(p)
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.hist([o.metrics["iou"] for o in run.outcomes], bins=np.linspace(0, 1, 21), color="#4477aa", edgecolor="white")
+    ax.set_xlabel("IoU")
+    ax.set_ylabel("samples")
+    ax.set_title(f"IoU histogram ({run.label}, n={len(run.outcomes)})")
+    fig.tight_layout()
+    p = plot_dir / "iou_hist.png"
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    out.append(p)
+
+    if len(runs) > 1:
+        names = [n for n in ABLATION_LABELS if n in runs]
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        vals = [100 * runs[n].aggregate()[("all",)]["mean_iou"] for n in names]
+        ax.bar(range(len(names)), vals, color="#66aa55")
+        ax.set_xticks(range(len(names)), [ABLATION_LABELS[n] for n in names], rotation=15, fontsize=8)
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title("Ablation (Table 3 shape)")
+        fig.tight_layout()
+        p = plot_dir / "ablation.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        out.append(p)
+    return out
+
+
+def _gallery(run: EvalRun, gallery_dir: Path, n: int) -> list[tuple[str, Path, Any]]:
+    from PIL import Image
+
+    gallery_dir.mkdir(parents=True, exist_ok=True)
+    ranked = sorted(run.outcomes, key=lambda o: (o.metrics["iou"], o.sample_id))
+    if len(ranked) > 2 * n:
+        picks = [("worst", o) for o in ranked[:n]] + [("best", o) for o in reversed(ranked[-n:])]
+    else:  # few samples: show them all, worst first
+        picks = [("worst" if i < len(ranked) / 2 else "best", o) for i, o in enumerate(ranked)]
+    out = []
+    for i, (kind, o) in enumerate(picks):
+        s = run.sample(o.sample_id)
+        comp = composite(s.load_image(), s.load_mask(), run.load_prediction(o))
+        p = gallery_dir / f"{kind}_{i:02d}_{o.sample_id}.png".replace("/", "_")
+        Image.fromarray(comp).save(p)
+        out.append((kind, p, o))
+    return out
+
+
+def write_report(
+    out_dir: str | Path,
+    runs: Mapping[str, EvalRun],
+    *,
+    quality: Sequence[Mapping[str, Any]] | None = None,
+    judge: Sequence[Mapping[str, Any]] | None = None,
+    gallery_n: int = 4,
+    title: str = "GeoSeg evaluation",
+) -> ReportFiles:
+    """Write the full report for ``runs`` (``"full"`` first; other keys are ablation names)."""
+    if not runs:
+        raise ValueError("write_report needs at least one evaluation run")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    main = runs.get("full") or next(iter(runs.values()))
+    if not main.outcomes:
+        raise ValueError("the evaluation run has no samples")
+    meaningless = any(r.meaningless for r in runs.values())
+
+    csvs = [_write_csv(out / "samples.csv", [dict(run=r.label, **row) for r in runs.values()
+                                             for row in outcomes_table(r.outcomes)])]
+    csvs.append(_write_csv(out / "summary.csv", [row for r in runs.values() for row in summary_rows(r)]))
+    abl = ablation_rows(runs) if len(runs) > 1 else []
+    if abl:
+        csvs.append(_write_csv(out / "ablation.csv", abl))
+    if quality:
+        csvs.append(_write_csv(out / "prelabel_quality.csv", list(quality)))
+    if judge:
+        csvs.append(_write_csv(out / "judge.csv", list(judge)))
+    plots = _plots(main, runs, out / "plots")
+    gallery = _gallery(main, out / "gallery", gallery_n)
+
+    overall = main.aggregate()[("all",)]
+    md: list[str] = [f"# {title}", ""]
+    if meaningless:
+        md += [f"> **Warning:** {TINY_MODEL_WARNING}.", ""]
+    md += [
+        f"- benchmark: `{main.benchmark.name}` ({main.benchmark.layout} layout, {len(main.benchmark)} samples)",
+        f"- model version: `{main.model_version}`",
+        f"- errors: {main.n_errors}; served from cache: {main.n_cached}",
+        "",
+        "## Overall",
+        "",
+        _md_table(["n", "mIoU", "cIoU", *[m for m in METRIC_NAMES if m != "iou"]],
+                  [[int(overall["n"]), _pct(overall["mean_iou"]), _pct(overall["ciou"]),
+                    *[_pct(overall[f"mean_{m}"]) for m in METRIC_NAMES if m != "iou"]]]),
+        "",
+        "## mIoU / cIoU (n) per domain x level, percent",
+        "",
+        _md_table(*domain_level_table(main)),
+        "",
+    ]
+    if abl:
+        md += ["## Ablation (shape of the paper's Table 3)", "",
+               _md_table(["setting", "refine", "Route A", "Route B", "mIoU", "cIoU", "delta mIoU", "BF",
+                          "s/sample", "errors"],
+                         [[r["setting"], r["refine"], r["route_a"], r["route_b"], r["miou"], r["ciou"],
+                           r["delta_miou"], r["mean_boundary_f"], r["s_per_sample"], r["errors"]] for r in abl]),
+               ""]
+    timings = main.mean_timings()
+    md += ["## Timings", "", _md_table(["stage", "mean ms"],
+                                        [["wall per sample", f"{1000 * main.seconds_per_sample():.1f}"],
+                                         *[[k, f"{1000 * v:.1f}"] for k, v in timings.items()]]), ""]
+    if quality:
+        keys = list(quality[0])
+        md += ["## Pre-label quality per model version", "", _md_table(keys, [[r.get(k, "") for k in keys]
+                                                                              for r in quality]), ""]
+    if judge:
+        keys = list(judge[0])
+        md += ["## MLLM judge (Likert 1-5)", "", _md_table(keys, [[r.get(k, "") for k in keys] for r in judge]), ""]
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
+    md += ["## Gallery (ground truth green, prediction red, overlap yellow)", ""]
+    md += [f"- {kind}: `{o.sample_id}` IoU {o.metrics['iou']:.3f} - {o.query} -> "
+           f"[{p.name}]({p.relative_to(out).as_posix()})" for kind, p, o in gallery]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    html_path = out / "report.html"
+    html_path.write_text(_html(title, md, out, plots, gallery, csvs, meaningless), encoding="utf-8")
+    return ReportFiles(out, md_path, html_path, tuple(csvs), tuple(plots), tuple(p for _, p, _ in gallery))
+
+
+def _md_to_html_table(block: list[str]) -> str:
+    cells = [[html.escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in block]
+    head, body = cells[0], cells[2:]
+    return ("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</tbody></table>")
+
+
+def _html(title: str, md: list[str], out: Path, plots: Sequence[Path], gallery: Sequence[tuple[str, Path, Any]],
+          csvs: Sequence[Path], meaningless: bool) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #bbb;padding:3px 8px}figure{display:inline-block;margin:6px}"
+             ".warn{background:#fff3cd;padding:8px}</style></head><body>"]
+    lines = list(md)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            parts.append(_md_to_html_table(block))
+            continue
+        if line.startswith("## Plots") or line.startswith("## Gallery"):
+            break
+        if line.startswith("# "):
+            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("> "):
+            parts.append(f"<p class='warn'>{html.escape(line[2:].replace('**', ''))}</p>")
+        elif line.startswith("- "):
+            parts.append(f"<p>{html.escape(line[2:].replace('`', ''))}</p>")
+        i += 1
+    parts.append("<h2>Plots</h2>")
+    parts += [f"<figure><img src='{p.relative_to(out).as_posix()}'><figcaption>{p.name}</figcaption></figure>"
+              for p in plots]
+    parts.append("<h2>Gallery: ground truth green, prediction red, overlap yellow</h2>")
+    if meaningless:
+        parts.append(f"<p class='warn'>{html.escape(TINY_MODEL_WARNING)}</p>")
+    parts += [f"<figure><a href='{p.relative_to(out).as_posix()}'><img width='192' "
+              f"src='{p.relative_to(out).as_posix()}'></a><figcaption>{kind} {html.escape(o.sample_id)} "
+              f"IoU {o.metrics['iou']:.3f}<br>{html.escape(o.query)}</figcaption></figure>" for kind, p, o in gallery]
+    parts.append("<h2>Data</h2><ul>")
+    parts += [f"<li><a href='{p.name}'>{p.name}</a></li>" for p in [*csvs, out / "report.md"]]
+    parts.append("</ul></body></html>")
+    return "\n".join(parts)
