@@ -1,0 +1,83 @@
+"""The grounder 𝓛 of GeoSeg (Stage 1): image + query -> boxes in absolute pixels and a short entity phrase.
+
+Backends (built from a :class:`~geoseg.types.BackendSpec` by :func:`build_grounder`):
+
+- ``transformers``: ``AutoModelForImageTextToText`` + ``AutoProcessor`` from a hub id or a local directory
+  (Qwen3-VL is the paper's model; Qwen2.5-VL works with ``convention="pixel"``, ``pixel_frame="model_input"``).
+- ``openai``: any OpenAI-compatible chat-completions server (vLLM, ...), image sent as a base64 PNG data URL.
+- ``tiny``: a tiny randomly initialised Qwen3-VL built and saved on first use, then loaded by the transformers
+  backend through the same ``from_pretrained`` path. Its answers are random tokens: the mechanics are real, the
+  boxes (usually none) mean nothing.
+
+Common options: ``convention`` (``norm1000`` default, ``pixel``, ``norm1``) and ``prompt_form`` (``geoseg`` default,
+``think2seg``). The answer text is parsed by :func:`parse_grounding`, which never raises on model output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderLoadError
+from geoseg.grounding.parse import parse_grounding, rescale_grounding
+from geoseg.grounding.prompts import CONVENTIONS, PROMPT_FORMS, GroundingPrompt, build_prompt
+from geoseg.types import BackendSpec
+
+if TYPE_CHECKING:
+    from geoseg.protocols import Grounder
+
+GROUNDER_KINDS: tuple[str, ...] = ("transformers", "openai", "tiny")
+
+
+def tiny_grounder_dir(spec: BackendSpec) -> Path:
+    """Where the tiny grounder lives: ``spec.model`` when given, else ``<model cache>/qwen3vl``."""
+    from geoseg.grounding.tiny import build_tiny_grounder_model, default_model_root
+
+    if spec.model:
+        target = Path(spec.model).expanduser()
+        # spec.model may name the model dir itself (…/qwen3vl) or the root it is built under
+        if target.name == "qwen3vl":
+            return build_tiny_grounder_model(target.parent)
+        return build_tiny_grounder_model(target)
+    return build_tiny_grounder_model(default_model_root())
+
+
+def build_grounder(spec: BackendSpec) -> Grounder:
+    """Build the grounder named by ``spec.kind`` (``transformers``, ``openai`` or ``tiny``); models load lazily once."""
+    if not isinstance(spec, BackendSpec):
+        raise ValueError(f"build_grounder needs a BackendSpec, got {type(spec).__name__}")
+    options = dict(spec.options)
+    if spec.kind == "transformers":
+        from geoseg.grounding.transformers_backend import TransformersGrounder
+
+        if not spec.model:
+            raise ValueError("the transformers grounder needs spec.model: a hub id or a local model directory")
+        return TransformersGrounder(spec.model, **options)
+    if spec.kind == "openai":
+        from geoseg.grounding.openai_backend import OpenAIGrounder
+
+        if not spec.model:
+            raise ValueError("the openai grounder needs spec.model: the served model name")
+        return OpenAIGrounder(spec.model, **options)
+    if spec.kind == "tiny":
+        from geoseg.grounding.transformers_backend import TransformersGrounder
+
+        options.setdefault("max_new_tokens", 32)
+        return TransformersGrounder(str(tiny_grounder_dir(spec)), meaningless=True, **options)
+    raise ValueError(f"unknown grounder kind {spec.kind!r}; choose one of {GROUNDER_KINDS}")
+
+
+__all__ = [
+    "CONVENTIONS",
+    "GROUNDER_KINDS",
+    "PROMPT_FORMS",
+    "GrounderAuthError",
+    "GrounderError",
+    "GrounderLoadError",
+    "GroundingPrompt",
+    "build_grounder",
+    "build_prompt",
+    "parse_grounding",
+    "rescale_grounding",
+    "tiny_grounder_dir",
+]

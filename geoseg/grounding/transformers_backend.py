@@ -1,0 +1,225 @@
+"""Grounder backend on Hugging Face transformers: ``AutoModelForImageTextToText`` + ``AutoProcessor``.
+
+Loads a hub id (``Qwen/Qwen3-VL-32B-Instruct`` for the paper profile) or a local directory, renders the chat template
+with the image, generates greedily, decodes only the new tokens and parses them with :func:`parse_grounding`.
+
+Coordinate frames: Qwen3-VL answers on its 0-1000 grid (``convention="norm1000"``, the default). Qwen2.5-VL answers in
+absolute pixels of the image *after* the processor resized it: use ``convention="pixel"`` with
+``pixel_frame="model_input"`` and the boxes are parsed in that frame and rescaled to the original image.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.grounding.errors import GrounderError, GrounderLoadError
+from geoseg.grounding.parse import parse_grounding, rescale_grounding
+from geoseg.grounding.prompts import GroundingPrompt, build_prompt, check_convention, check_form
+from geoseg.types import Grounding
+
+PAPER_GROUNDER = "Qwen/Qwen3-VL-32B-Instruct"
+PIXEL_FRAMES: tuple[str, ...] = ("image", "model_input")
+
+
+def as_rgb_uint8(image: Any) -> np.ndarray:
+    """Validate an image as (H, W, 3) uint8; (H, W) grey and (H, W, 4) RGBA are converted. ValueError otherwise."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"the grounder needs a uint8 image, got dtype {arr.dtype} (convert or rescale it first)")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"the grounder needs an (H, W, 3) RGB image, got shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"the grounder got an empty image of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    """``auto`` -> bfloat16 on CUDA, float32 on CPU; or a torch dtype name (``float16``, ``bfloat16``, ``float32``)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
+    return value
+
+
+class TransformersGrounder:
+    """𝓛 on a local transformers model. Loads once (lazily, thread-safe) and reuses the model for every call."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        convention: str = "norm1000",
+        prompt_form: str = "geoseg",
+        max_new_tokens: int = 256,
+        device: str = "auto",
+        dtype: str = "auto",
+        pixel_frame: str = "image",
+        system_prompt: bool = True,
+        trust_remote_code: bool = False,
+        processor_kwargs: dict[str, Any] | None = None,
+        meaningless: bool = False,
+    ) -> None:
+        if not model or not isinstance(model, str):
+            raise ValueError("TransformersGrounder needs a model: a hub id or a local directory")
+        self.model_id = model
+        self.convention = check_convention(convention)
+        self.prompt_form = check_form(prompt_form)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
+        if pixel_frame not in PIXEL_FRAMES:
+            raise ValueError(f"pixel_frame must be one of {PIXEL_FRAMES}, got {pixel_frame!r}")
+        self.pixel_frame = pixel_frame
+        self.device_option = device
+        self.dtype_option = dtype
+        self.system_prompt = bool(system_prompt)
+        self.trust_remote_code = bool(trust_remote_code)
+        self.processor_kwargs = dict(processor_kwargs or {})
+        #: True for the tiny random model: its boxes mean nothing (see geoseg.types.TINY_MODEL_WARNING)
+        self.meaningless = bool(meaningless)
+        self._model = None
+        self._processor = None
+        self._device: str | None = None
+        self._lock = threading.Lock()
+        self.load_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TransformersGrounder(model={self.model_id!r}, convention={self.convention!r}, "
+            f"prompt_form={self.prompt_form!r}, loaded={self._model is not None})"
+        )
+
+    # ------------------------------------------------------------------------------------------------ loading
+    def _load_error(self, exc: BaseException) -> GrounderLoadError:
+        local = Path(self.model_id).expanduser()
+        where = f"local directory {str(local)!r}" if local.exists() else f"{self.model_id!r} (a hub id or a path)"
+        hint = (
+            "Point the grounder at a local model directory, or download the weights first "
+            f"(e.g. `hf download {self.model_id}`) and run without HF_HUB_OFFLINE. "
+            f"The paper profile ({PAPER_GROUNDER}) needs those weights (~66 GB in bf16) and a GPU with about 80 GB "
+            "of memory; use the tiny profile to run the code path on a CPU."
+        )
+        return GrounderLoadError(f"cannot load the grounder model from {where}: {type(exc).__name__}: {exc}. {hint}")
+
+    def load(self) -> None:
+        """Load processor and model (once). Raises GrounderLoadError naming the model when that fails."""
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            t0 = time.perf_counter()
+            try:
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+            except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
+                raise GrounderLoadError(f"transformers is not installed: {exc}") from exc
+            device = resolve_device(self.device_option)
+            dtype = resolve_dtype(self.dtype_option, device)
+            try:
+                processor = AutoProcessor.from_pretrained(
+                    self.model_id, trust_remote_code=self.trust_remote_code, **self.processor_kwargs
+                )
+                kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.trust_remote_code}
+                if device.startswith("cuda"):
+                    kwargs["device_map"] = device
+                model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kwargs)
+            except (OSError, ValueError, KeyError, ImportError) as exc:
+                raise self._load_error(exc) from exc
+            if not device.startswith("cuda"):
+                model = model.to(device)
+            model.eval()
+            self._processor, self._model, self._device = processor, model, device
+            self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    # --------------------------------------------------------------------------------------------- inference
+    def _model_input_size(self, pil_image) -> tuple[int, int]:
+        """(W, H) of the image after the processor's resize (Qwen2-VL-style grid of patches)."""
+        ip = self._processor.image_processor
+        out = ip(images=[pil_image], return_tensors="pt")
+        _, gh, gw = (int(v) for v in out["image_grid_thw"][0])
+        patch = int(getattr(ip, "patch_size", 14))
+        return gw * patch, gh * patch
+
+    def prompt_for(self, query: str, frame_size: tuple[int, int] | None) -> GroundingPrompt:
+        return build_prompt(query, self.prompt_form, self.convention, frame_size)
+
+    def generate_text(self, image: np.ndarray, prompt: GroundingPrompt) -> str:
+        """Greedy generation on (image, prompt); returns only the newly generated text."""
+        import torch
+        from PIL import Image
+
+        self.load()
+        pil = Image.fromarray(as_rgb_uint8(image))
+        messages: list[dict[str, Any]] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": [{"type": "text", "text": prompt.system}]})
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]})
+        processor, model = self._processor, self._model
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[pil], return_tensors="pt").to(model.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        with self._lock, torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        return processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+
+    def ground(self, image: np.ndarray, query: str) -> Grounding:
+        """𝓛(image, query): boxes in absolute pixels of ``image``. Model failures raise GrounderError."""
+        rgb = as_rgb_uint8(image)
+        H, W = rgb.shape[:2]
+        self.load()
+        frame = (W, H)
+        if self.convention == "pixel" and self.pixel_frame == "model_input":
+            from PIL import Image
+
+            frame = self._model_input_size(Image.fromarray(rgb))
+        prompt = self.prompt_for(query, frame if self.convention == "pixel" else (W, H))
+        try:
+            answer = self.generate_text(rgb, prompt)
+        except GrounderError:
+            raise
+        except (RuntimeError, ValueError, IndexError) as exc:
+            msg = f"grounder generation failed on {self.model_id!r}: {type(exc).__name__}: {exc}"
+            raise GrounderError(msg) from exc
+        g = parse_grounding(answer, frame, self.convention)
+        if frame != (W, H):
+            g = rescale_grounding(g, frame, (W, H))
+        return g
+
+    def ground_many(self, items: Iterable[tuple[np.ndarray, str]]) -> list[Grounding | Exception]:
+        """Ground each (image, query) in order; a failing item yields its exception instead of stopping the batch."""
+        results: list[Grounding | Exception] = []
+        for image, query in items:
+            try:
+                results.append(self.ground(image, query))
+            except (GrounderError, ValueError) as exc:
+                results.append(exc)
+        return results
