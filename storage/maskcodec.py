@@ -16,6 +16,7 @@ never a silently different mask.
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 from typing import Any
 
@@ -61,7 +62,9 @@ def coco_rle_decode(rle: dict[str, Any]) -> np.ndarray:
         h, w = (int(v) for v in rle["size"])
         counts = rle["counts"]
         counts = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
-        out = cocomask.decode({"size": [h, w], "counts": counts})
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword DeprecationWarning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            out = cocomask.decode({"size": [h, w], "counts": counts})
     except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on garbage
         raise MaskCodecError(f"not a valid COCO RLE: {exc}") from None
     return np.ascontiguousarray(out.astype(bool))
