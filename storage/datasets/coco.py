@@ -124,7 +124,7 @@ class _MaskCache:
         return entry
 
 
-def _place_image(row: Any, dest: Path, mode: ImageMode, blobs: BlobStore, s3_client: Any) -> str:
+def place_image(row: Any, dest: Path, mode: ImageMode, blobs: BlobStore, s3_client: Any) -> str:
     """Copy or link one image beside the JSON; returns "copied" or "linked". Bytes are checked against sha256."""
     from storage.sources import SourceError, read_bytes
 
@@ -237,7 +237,7 @@ def export_coco(
                 fh.write(("\n" if n_img == 0 else ",\n") + json.dumps(entry))
                 n_img += 1
                 if images != "none":
-                    how = _place_image(row, out / "images" / name, images, blobs, s3_client)
+                    how = place_image(row, out / "images" / name, images, blobs, s3_client)
                     copied += how == "copied"
                     linked += how == "linked"
                 if progress and n_img % 1000 == 0:

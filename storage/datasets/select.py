@@ -93,15 +93,13 @@ def _prelabel_version_ids(model_version: str) -> sa.Select:
 
 
 def triplet_ids(session: Session, f: DatasetFilter) -> sa.Select:
-    """A SELECT of the ids of the live triplets that pass ``f``, ordered by id."""
-    q = (
-        sa.select(Triplet.id)
-        .join(Annotation, Triplet.annotation_id == Annotation.id)
-        .where(Triplet.withdrawn.is_(False), Annotation.retracted.is_(False))
-    )
-    if f.snapshot:
+    """A SELECT of the ids of the live triplets (or the snapshot's frozen members) that pass ``f``, by id."""
+    q = sa.select(Triplet.id).join(Annotation, Triplet.annotation_id == Annotation.id)
+    if f.snapshot:  # a snapshot is frozen: its members stay, even if withdrawn since
         snap = find_snapshot(session, f.snapshot)
         q = q.where(Triplet.id.in_(sa.select(SnapshotMember.triplet_id).where(SnapshotMember.snapshot_id == snap.id)))
+    else:
+        q = q.where(Triplet.withdrawn.is_(False), Annotation.retracted.is_(False))
     if f.domains:
         q = q.where(Triplet.domain.in_(f.domains))
     if f.levels:
