@@ -125,7 +125,11 @@ def alembic_config(url: str | sa.URL):  # -> alembic.config.Config
 
     import migrations
 
-    pkg_dir = Path(migrations.__file__).resolve().parent
+    # __path__ rather than __file__: an editable install made before migrations/ had an __init__ sees a namespace
+    dirs = [Path(p) for p in getattr(migrations, "__path__", []) if (Path(p) / "env.py").is_file()]
+    if not dirs:
+        raise DatabaseError("the migrations package has no env.py: is geolabel installed completely?")
+    pkg_dir = dirs[0].resolve()
     cfg = Config(str(pkg_dir / "alembic.ini"))
     cfg.set_main_option("script_location", str(pkg_dir))
     # The URL goes through attributes, not the ini (ConfigParser would choke on '%' in passwords).
