@@ -17,4 +17,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.labelstudio",
     "tests.fixtures.prefect",
+    "tests.fixtures.grounding",
 ]

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 GROUNDER_KINDS: tuple[str, ...] = ("transformers", "openai", "tiny")
 
 
-def tiny_grounder_dir(spec: BackendSpec) -> Path:
+def resolve_tiny_grounder_dir(spec: BackendSpec) -> Path:
     """Where the tiny grounder lives: ``spec.model`` when given, else ``<model cache>/qwen3vl``."""
     from geoseg.grounding.tiny import build_tiny_grounder_model, default_model_root
 
@@ -63,7 +63,7 @@ def build_grounder(spec: BackendSpec) -> Grounder:
         from geoseg.grounding.transformers_backend import TransformersGrounder
 
         options.setdefault("max_new_tokens", 32)
-        return TransformersGrounder(str(tiny_grounder_dir(spec)), meaningless=True, **options)
+        return TransformersGrounder(str(resolve_tiny_grounder_dir(spec)), meaningless=True, **options)
     raise ValueError(f"unknown grounder kind {spec.kind!r}; choose one of {GROUNDER_KINDS}")
 
 
@@ -79,5 +79,5 @@ __all__ = [
     "build_prompt",
     "parse_grounding",
     "rescale_grounding",
-    "tiny_grounder_dir",
+    "resolve_tiny_grounder_dir",
 ]

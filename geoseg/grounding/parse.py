@@ -10,8 +10,8 @@ text in ``raw_text``. What it accepts, in order of preference:
    commas removed, then as a Python literal (single-quoted dicts, which some models emit).
 3. Shapes: a dict with ``bbox`` / ``bbox_2d`` / ``box`` (GeoSeg form or one Think2Seg entry), a list of such dicts
    (Think2Seg-RS form), a dict wrapping such a list or dict one level down (``{"objects": [...]}``), a bare box
-   ``[x1, y1, x2, y2]`` or a list of bare boxes. Phrases come from ``prompt`` / ``label`` / ``phrase``; points from
-   ``positive_points`` / ``points``.
+   ``[x1, y1, x2, y2]`` or a list of bare boxes; a box may also be written as corner pairs ``[[x1, y1], [x2, y2]]``.
+   Phrases come from ``prompt`` / ``label`` / ``phrase``; points from ``positive_points`` / ``points``.
 
 Decisions (documented, tested):
 
@@ -338,6 +338,12 @@ def box_to_pixels(values: Any, image_size: tuple[int, int], convention: Conventi
 
     Raises ValueError (with the reason) when the values cannot make a box with positive area inside the image.
     """
+    if (
+        isinstance(values, (list, tuple))
+        and len(values) == 2
+        and all(isinstance(c, (list, tuple)) and len(c) == 2 for c in values)
+    ):
+        values = [*values[0], *values[1]]  # corner pairs [[x1, y1], [x2, y2]]
     if not isinstance(values, (list, tuple)) or len(values) != 4:
         raise _DropError(f"a box needs 4 numbers [x1, y1, x2, y2], got {_short(values)}")
     x1, y1, x2, y2 = (_number(v, "box coordinate") for v in values)
