@@ -1,0 +1,290 @@
+"""SAM3 through transformers: ``Sam3Model`` (text prompts) and ``Sam3TrackerModel`` (point prompts).
+
+One crop, one vision encoding. In the released ``facebook/sam3`` checkpoint the detector and the tracker share one
+Perception-Encoder ViT backbone and differ only in their FPN necks (transformers' ``sam3_tracker`` weight mapping
+loads ``detector_model.vision_encoder.backbone.*`` into the tracker's backbone). So this backend:
+
+1. checks at load time that the two backbones hold identical weights, then ties them to one module;
+2. ``set_image(crop)`` runs the image processor and the backbone ViT once, keeping ``last_hidden_state``;
+3. ``predict_text`` feeds the detector neck's output as ``vision_embeds=`` (``Sam3VisionEncoderOutput``) to
+   ``Sam3Model.forward``; ``predict_points`` feeds the tracker neck's output, prepared exactly like
+   ``Sam3TrackerModel.get_image_embeddings``, as ``image_embeddings=`` to ``Sam3TrackerModel.forward``.
+
+The necks are a few convolutions; the ViT is where the time goes. ``encoder_calls`` counts backbone forwards (a
+forward hook), so tests and the benchmark can check "exactly one per crop". With ``share_encoding=False`` each route
+instead passes ``pixel_values`` to its own model (the naive use of the API: two encodings per crop), kept for the
+benchmark's comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geoseg.types import BackendSpec
+
+
+def _check_crop(crop: np.ndarray) -> np.ndarray:
+    a = np.asarray(crop)
+    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"crop must be an (h, w, 3) RGB array with h, w >= 1, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"crop must be uint8 RGB, got dtype {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _resolve_device(name: str | None) -> str:
+    import torch
+
+    if name in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return str(name)
+
+
+def _resolve_dtype(name: str | None):
+    import torch
+
+    table = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of float32, bfloat16, float16; got {name!r}")
+    return table[name]
+
+
+def _load_error(what: str, source: str, exc: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not load the SAM3 {what} from {source!r}: {exc}. Pass a local directory saved with "
+        f"save_pretrained, or a hub id with network access (facebook/sam3 is gated: accept its licence on the hub, "
+        f"then `hf download facebook/sam3`); HF_HUB_OFFLINE=1 forbids downloads."
+    )
+
+
+@dataclass
+class Sam3ImageState:
+    """The encoding of one crop: backbone tokens plus lazily built neck features for each head."""
+
+    crop_size: tuple[int, int]  # (h, w) of the crop
+    grid: tuple[int, int]  # backbone token grid (rows, cols)
+    hidden: Any = None  # backbone last_hidden_state, (1, rows*cols, C); None in naive mode
+    pixel_values: Any = None  # kept only in naive mode (share_encoding=False)
+    detector_embeds: Any = None
+    tracker_embeds: Any = None
+    scores: dict[str, float] = field(default_factory=dict)  # score of the last mask per route
+
+
+class Sam3TransformersSegmenter:
+    """SAM3 segmenter on transformers classes; see the module docstring."""
+
+    def __init__(
+        self,
+        detector: Any,
+        processor: Any,
+        tracker: Any,
+        tracker_processor: Any,
+        *,
+        device: str = "cpu",
+        mask_threshold: float = 0.5,
+        text_score_threshold: float = 0.0,
+        text_instances: str = "best",
+        share_encoding: bool = True,
+        is_tiny: bool = False,
+        source: str = "",
+    ) -> None:
+        import torch
+
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold is a probability in (0, 1), got {mask_threshold}")
+        if not 0.0 <= text_score_threshold < 1.0:
+            raise ValueError(f"text_score_threshold must lie in [0, 1), got {text_score_threshold}")
+        if text_instances not in ("best", "union"):
+            raise ValueError(f"text_instances must be 'best' or 'union', got {text_instances!r}")
+        self.detector = detector.eval()
+        self.processor = processor
+        self.tracker = tracker.eval()
+        self.tracker_processor = tracker_processor
+        self.device = device
+        self.mask_threshold = float(mask_threshold)
+        self._mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))
+        self.text_score_threshold = float(text_score_threshold)
+        self.text_instances = text_instances
+        self.share_encoding = bool(share_encoding)
+        self.is_tiny = is_tiny
+        self.source = source
+        self.dtype = next(self.detector.parameters()).dtype
+
+        det_size = dict(processor.image_processor.size)
+        trk_size = dict(tracker_processor.image_processor.size)
+        if det_size != trk_size:
+            raise ValueError(f"detector and tracker processors resize differently ({det_size} vs {trk_size})")
+        det_bb = self.detector.vision_encoder.backbone
+        trk_bb = self.tracker.vision_encoder.backbone
+        a, b = det_bb.state_dict(), trk_bb.state_dict()
+        if a.keys() != b.keys() or any(not torch.equal(a[k], b[k].to(a[k].device)) for k in a):
+            raise ValueError(
+                "the SAM3 detector and tracker backbones hold different weights; SAM3 shares one ViT backbone "
+                "between them (load both halves from the same checkpoint, e.g. facebook/sam3)"
+            )
+        self.tracker.vision_encoder.backbone = det_bb  # one module, one set of weights, one forward per crop
+        self.backbone = det_bb
+        self.patch_size = int(self.detector.config.vision_config.backbone_config.patch_size)
+        self.encoder_calls = 0
+        self.backbone.register_forward_hook(self._count_encoder_call)
+
+    def _count_encoder_call(self, module: Any, args: Any, output: Any) -> None:
+        self.encoder_calls += 1
+
+    @classmethod
+    def from_spec(cls, spec: BackendSpec, *, is_tiny: bool = False) -> Sam3TransformersSegmenter:
+        from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor
+
+        if not spec.model:
+            raise ValueError("the sam3-transformers segmenter needs spec.model (a hub id or a local directory)")
+        opts = dict(spec.options)
+        tracker_src = opts.pop("tracker_model", None) or spec.model
+        device = _resolve_device(opts.pop("device", "auto"))
+        dtype = _resolve_dtype(opts.pop("dtype", None))
+        opts.pop("require_gpu", None)
+        known = {"mask_threshold", "text_score_threshold", "text_instances", "share_encoding"}
+        unknown = set(opts) - known
+        if unknown:
+            raise ValueError(f"unknown sam3-transformers options {sorted(unknown)}; known: {sorted(known)}")
+        try:
+            detector = Sam3Model.from_pretrained(spec.model, dtype=dtype)
+            processor = Sam3Processor.from_pretrained(spec.model)
+        except (OSError, ValueError) as exc:
+            raise _load_error("detector (Sam3Model)", spec.model, exc) from exc
+        try:
+            tracker = Sam3TrackerModel.from_pretrained(tracker_src, dtype=dtype)
+            tracker_processor = Sam3TrackerProcessor.from_pretrained(tracker_src)
+        except (OSError, ValueError) as exc:
+            raise _load_error("tracker (Sam3TrackerModel)", tracker_src, exc) from exc
+        return cls(
+            detector.to(device),
+            processor,
+            tracker.to(device),
+            tracker_processor,
+            device=device,
+            is_tiny=is_tiny,
+            source=spec.model,
+            **opts,
+        )
+
+    # ----------------------------------------------------------------------------------------------- encoding
+
+    def set_image(self, crop: np.ndarray) -> Sam3ImageState:
+        """Preprocess the crop and run the ViT backbone once; both routes reuse the result."""
+        import torch
+
+        crop = _check_crop(crop)
+        h, w = crop.shape[:2]
+        inputs = self.processor.image_processor(images=crop, return_tensors="pt")
+        px = inputs["pixel_values"].to(self.device, self.dtype)
+        grid = (px.shape[-2] // self.patch_size, px.shape[-1] // self.patch_size)
+        if not self.share_encoding:
+            return Sam3ImageState(crop_size=(h, w), grid=grid, pixel_values=px)
+        with torch.inference_mode():
+            hidden = self.backbone(px).last_hidden_state
+        return Sam3ImageState(crop_size=(h, w), grid=grid, hidden=hidden)
+
+    def _spatial(self, state: Sam3ImageState):
+        rows, cols = state.grid
+        return state.hidden.view(state.hidden.shape[0], rows, cols, -1).permute(0, 3, 1, 2)
+
+    def detector_embeds(self, state: Sam3ImageState):
+        """``Sam3VisionEncoderOutput`` for ``Sam3Model.forward(vision_embeds=...)`` from the shared backbone."""
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        if state.detector_embeds is None:
+            fpn, pos = self.detector.vision_encoder.neck(self._spatial(state))
+            state.detector_embeds = Sam3VisionEncoderOutput(
+                last_hidden_state=state.hidden, fpn_hidden_states=fpn, fpn_position_encoding=pos
+            )
+        return state.detector_embeds
+
+    def tracker_embeds(self, state: Sam3ImageState):
+        """The list ``Sam3TrackerModel.get_image_embeddings`` would return, built from the shared backbone."""
+        if state.tracker_embeds is None:
+            fpn, _pos = self.tracker.vision_encoder.neck(self._spatial(state))
+            maps = list(fpn)
+            maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
+            maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
+            maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
+            state.tracker_embeds = maps[: len(self.tracker.backbone_feature_sizes)]
+        return state.tracker_embeds
+
+    # ----------------------------------------------------------------------------------------------- prompts
+
+    def predict_points(self, state: Sam3ImageState, points: np.ndarray) -> np.ndarray:
+        """Positive point prompts (k, 2) as (x, y) crop pixels -> the best-IoU mask of SAM's three, (h, w) bool."""
+        import torch
+
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if len(pts) == 0:
+            raise ValueError("predict_points needs at least one point")
+        if not np.isfinite(pts).all():
+            raise ValueError("points contain NaN or infinite values")
+        h, w = state.crop_size
+        enc = self.tracker_processor(
+            input_points=[[pts.tolist()]],
+            input_labels=[[[1] * len(pts)]],
+            original_sizes=[[h, w]],
+            return_tensors="pt",
+        )
+        kwargs = {
+            "input_points": enc["input_points"].to(self.device, self.dtype),
+            "input_labels": enc["input_labels"].to(self.device),
+            "multimask_output": True,
+        }
+        with torch.inference_mode():
+            if self.share_encoding:
+                out = self.tracker(image_embeddings=self.tracker_embeds(state), **kwargs)
+            else:
+                out = self.tracker(pixel_values=state.pixel_values, **kwargs)
+            iou = out.iou_scores[0, 0].float()
+            best = int(torch.argmax(iou))
+            low = out.pred_masks[0, 0, best : best + 1].float()  # (1, h', w') logits
+            mask = self.tracker_processor.post_process_masks(
+                [low[None]], [[h, w]], mask_threshold=self._mask_logit_threshold, binarize=True
+            )[0][0, 0]
+        state.scores["point"] = float(iou[best])
+        return mask.cpu().numpy().astype(bool)
+
+    def predict_text(self, state: Sam3ImageState, phrase: str) -> np.ndarray:
+        """A noun phrase -> the best-scoring SAM3 instance mask (or the union above the score threshold)."""
+        import torch
+
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise ValueError("predict_text needs a non-empty phrase")
+        h, w = state.crop_size
+        text = self.processor(text=phrase.strip(), return_tensors="pt")
+        kwargs = {
+            "input_ids": text["input_ids"].to(self.device),
+            "attention_mask": text["attention_mask"].to(self.device),
+        }
+        with torch.inference_mode():
+            if self.share_encoding:
+                out = self.detector(vision_embeds=self.detector_embeds(state), **kwargs)
+            else:
+                out = self.detector(pixel_values=state.pixel_values, **kwargs)
+            if self.text_instances == "union":
+                res = self.processor.post_process_instance_segmentation(
+                    out, threshold=self.text_score_threshold, mask_threshold=self.mask_threshold, target_sizes=[(h, w)]
+                )[0]
+                state.scores["text"] = float(res["scores"].max()) if len(res["scores"]) else 0.0
+                if len(res["masks"]) == 0:
+                    return np.zeros((h, w), dtype=bool)
+                return res["masks"].bool().any(dim=0).cpu().numpy()
+            scores = out.pred_logits[0].float().sigmoid()
+            if out.presence_logits is not None:
+                scores = scores * out.presence_logits[0].float().sigmoid()
+            best = int(torch.argmax(scores))
+            state.scores["text"] = float(scores[best])
+            if scores[best] <= self.text_score_threshold:
+                return np.zeros((h, w), dtype=bool)
+            logits = out.pred_masks[0, best : best + 1].float()[None]  # (1, 1, h', w')
+            up = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            return (up[0, 0] > self._mask_logit_threshold).cpu().numpy()
