@@ -44,7 +44,7 @@ def _register() -> None:
 
 
 # Modules that add commands. Keep imports inside commands lazy: `geolabel --help` must stay fast.
-_COMMAND_MODULES: list[str] = ["flows.cli_db"]
+_COMMAND_MODULES: list[str] = ["flows.cli_db", "flows.cli_predict"]
 
 
 def main(argv: list[str] | None = None) -> None:
