@@ -67,7 +67,7 @@ def _insert(session: Session, model: type) -> Any:
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - make_engine refuses other dialects
         raise ValueError(f"unsupported database dialect {name!r}")
-    return insert(model)
+    return insert(model.__table__)  # Core insert: skips the ORM bulk-insert layer (noticeably faster in bulk)
 
 
 def _chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -291,9 +291,7 @@ def record_label_tasks(session: Session, records: Sequence[LabelTaskRecord]) -> 
         set_={
             "ls_task_id": ins.excluded.ls_task_id,
             "prediction_id": sa.func.coalesce(ins.excluded.prediction_id, LabelTask.__table__.c.prediction_id),
-            "ls_prediction_id": sa.func.coalesce(
-                ins.excluded.ls_prediction_id, LabelTask.__table__.c.ls_prediction_id
-            ),
+            "ls_prediction_id": sa.func.coalesce(ins.excluded.ls_prediction_id, LabelTask.__table__.c.ls_prediction_id),
             "pushed_at": ins.excluded.pushed_at,
         },
     )
@@ -372,8 +370,7 @@ def upsert_annotations(session: Session, records: Sequence[AnnotationRecord]) ->
     )
     now = utcnow()
     rows = [
-        {**r.row(), "item_id": task_item[r.label_task_id], "retracted": False, "synced_at": now}
-        for r in uniq.values()
+        {**r.row(), "item_id": task_item[r.label_task_id], "retracted": False, "synced_at": now} for r in uniq.values()
     ]
     for chunk in _chunks(rows):
         session.execute(stmt, chunk)
@@ -424,39 +421,55 @@ def deciding_annotation(session: Session, item_id: int) -> Annotation | None:
 
 
 def redecide_items(session: Session, item_ids: Sequence[int]) -> None:
-    """Bring each item's status and triplet in line with its deciding annotation (see the state machine)."""
-    for item_id in item_ids:
-        item = session.get(Item, item_id, with_for_update=_for_update(session))
-        if item is None:
-            continue
-        decider = deciding_annotation(session, item_id)
-        target = VERDICT_STATUS[Verdict(decider.verdict)] if decider is not None else ItemStatus.IN_REVIEW
-        if item.status != target:
-            if item.status != ItemStatus.IN_REVIEW:
-                transition(item, ItemStatus.IN_REVIEW)
-            transition(item, target)
-        keep = decider.id if decider is not None and decider.verdict == Verdict.ACCEPT else None
-        session.execute(
-            sa.update(Triplet)
-            .where(Triplet.item_id == item_id, Triplet.withdrawn.is_(False), Triplet.annotation_id != (keep or -1))
-            .values(withdrawn=True)
-            .execution_options(synchronize_session=False)
-        )
-        if keep is not None:
-            _upsert_triplet_rows(
-                session,
-                [
+    """Bring each item's status and triplet in line with its deciding annotation (see the state machine).
+
+    Set-based: one query for the items, one for their live annotations, then bulk updates -- so a sync of
+    thousands of annotations costs a few statements per 500 items, not a few per item.
+    """
+    lock = _for_update(session)
+    for chunk in _chunks(sorted(set(item_ids))):
+        q = sa.select(Item).where(Item.id.in_(chunk)).order_by(Item.id)
+        items = list(session.scalars(q.with_for_update() if lock else q))
+        live = session.execute(
+            sa.select(
+                Annotation.id, Annotation.item_id, Annotation.verdict, Annotation.mask_sha256, Annotation.updated_at
+            ).where(Annotation.item_id.in_(chunk), Annotation.retracted.is_(False))
+        ).all()
+        decider: dict[int, Any] = {}
+        for a in live:
+            best = decider.get(a.item_id)
+            if best is None or (a.updated_at, a.id) > (best.updated_at, best.id):
+                decider[a.item_id] = a
+        triplets: list[dict[str, Any]] = []
+        for item in items:
+            d = decider.get(item.id)
+            target = VERDICT_STATUS[Verdict(d.verdict)] if d is not None else ItemStatus.IN_REVIEW
+            if item.status != target:
+                if item.status != ItemStatus.IN_REVIEW:
+                    transition(item, ItemStatus.IN_REVIEW)
+                transition(item, target)
+            if d is not None and d.verdict == Verdict.ACCEPT:
+                triplets.append(
                     {
-                        "annotation_id": decider.id,
+                        "annotation_id": d.id,
                         "item_id": item.id,
                         "image_id": item.image_id,
                         "query": item.query,
-                        "mask_sha256": decider.mask_sha256,
+                        "mask_sha256": d.mask_sha256,
                         "domain": item.domain,
                         "level": item.level,
                     }
-                ],
-            )
+                )
+        session.flush()
+        keep = [t["annotation_id"] for t in triplets] or [-1]
+        session.execute(
+            sa.update(Triplet)
+            .where(Triplet.item_id.in_(chunk), Triplet.withdrawn.is_(False), Triplet.annotation_id.not_in(keep))
+            .values(withdrawn=True)
+            .execution_options(synchronize_session=False)
+        )
+        if triplets:
+            _upsert_triplet_rows(session, triplets)
     session.flush()
     session.expire_all()
 
