@@ -154,7 +154,7 @@ class ClipSurgeryMatcher:
         try:
             model = open_clip.create_model(spec.model, pretrained=pretrained, device=device, require_pretrained=True)
             tokenizer = open_clip.get_tokenizer(spec.model)
-        except (RuntimeError, OSError, ValueError) as exc:
+        except (RuntimeError, OSError, ValueError, KeyError, TypeError) as exc:
             raise RuntimeError(
                 f"could not load open_clip weights for model={spec.model!r} pretrained={pretrained!r}: {exc}. "
                 "Offline, pass a checkpoint file as options.pretrained or a 'local-dir:<dir>' model "

@@ -179,7 +179,7 @@ class Sam3TransformersSegmenter:
         """Preprocess the crop and run the ViT backbone once; both routes reuse the result."""
         import torch
 
-        crop = _check_crop(crop)
+        crop = np.array(_check_crop(crop), copy=True)  # a private, writable copy for the processor
         h, w = crop.shape[:2]
         inputs = self.processor.image_processor(images=crop, return_tensors="pt")
         px = inputs["pixel_values"].to(self.device, self.dtype)
@@ -198,8 +198,11 @@ class Sam3TransformersSegmenter:
         """``Sam3VisionEncoderOutput`` for ``Sam3Model.forward(vision_embeds=...)`` from the shared backbone."""
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
+        import torch
+
         if state.detector_embeds is None:
-            fpn, pos = self.detector.vision_encoder.neck(self._spatial(state))
+            with torch.inference_mode():
+                fpn, pos = self.detector.vision_encoder.neck(self._spatial(state))
             state.detector_embeds = Sam3VisionEncoderOutput(
                 last_hidden_state=state.hidden, fpn_hidden_states=fpn, fpn_position_encoding=pos
             )
@@ -207,12 +210,15 @@ class Sam3TransformersSegmenter:
 
     def tracker_embeds(self, state: Sam3ImageState):
         """The list ``Sam3TrackerModel.get_image_embeddings`` would return, built from the shared backbone."""
+        import torch
+
         if state.tracker_embeds is None:
-            fpn, _pos = self.tracker.vision_encoder.neck(self._spatial(state))
-            maps = list(fpn)
-            maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
-            maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
-            maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
+            with torch.inference_mode():
+                fpn, _pos = self.tracker.vision_encoder.neck(self._spatial(state))
+                maps = list(fpn)
+                maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
+                maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
+                maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
             state.tracker_embeds = maps[: len(self.tracker.backbone_feature_sizes)]
         return state.tracker_embeds
 
