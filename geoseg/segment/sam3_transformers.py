@@ -196,9 +196,8 @@ class Sam3TransformersSegmenter:
 
     def detector_embeds(self, state: Sam3ImageState):
         """``Sam3VisionEncoderOutput`` for ``Sam3Model.forward(vision_embeds=...)`` from the shared backbone."""
-        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
-
         import torch
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
         if state.detector_embeds is None:
             with torch.inference_mode():
