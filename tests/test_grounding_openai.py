@@ -138,17 +138,18 @@ def test_unreadable_200_response(chat_server, aerial_rgb):
 
 
 def test_ground_many_bounded_concurrency_in_order(chat_server, aerial_rgb):
-    chat_server.delay = 0.2
-    queries = ["the largest building", "a swimming pool", "the parking lot", "gibberish please"] * 2
+    chat_server.delay = 0.5
+    small = np.ascontiguousarray(aerial_rgb[:64, :64])
+    queries = ["the largest building", "a swimming pool", "the parking lot"] * 2
     g = grounder(chat_server, concurrency=3)
     t0 = time.perf_counter()
-    out = g.ground_many([(aerial_rgb, q) for q in queries])
+    out = g.ground_many([(small, q) for q in queries])
     elapsed = time.perf_counter() - t0
-    assert chat_server.max_in_flight == 3
-    assert elapsed < 0.2 * len(queries)  # one at a time would take at least this long
+    assert chat_server.max_in_flight == 3  # bounded, and actually concurrent
+    assert elapsed < 0.5 * len(queries)  # one at a time would take at least this long
     assert [isinstance(o, Grounding) for o in out] == [True] * len(queries)
-    assert out[0].phrase == out[4].phrase == "large flat-roofed building"
-    assert out[1].no_target and out[2].phrase == "parking lot" and out[3].box is None
+    assert out[0].phrase == out[3].phrase == "large flat-roofed building"
+    assert out[1].no_target and out[2].phrase == "parking lot"
 
 
 def test_ground_many_returns_per_item_errors(chat_server, aerial_rgb):
