@@ -175,3 +175,34 @@ def test_image_validation_and_device_defaults():
     assert resolve_device("auto") in ("cpu", "cuda")
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert resolve_dtype("auto", "cuda") == torch.bfloat16
+
+
+def test_unknown_options_are_named():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['temprature'\].*known options"):
+        build_grounder(BackendSpec("transformers", "x", {"temprature": 0}))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['max_new_tokens'\] for the openai grounder"):
+        build_grounder(BackendSpec("openai", "m", {"base_url": "http://x/v1", "max_new_tokens": 3}))
+
+
+def test_require_gpu_refuses_cpu_with_a_clear_error(tiny_grounder_dir: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    g = build_grounder(BackendSpec("transformers", str(tiny_grounder_dir), {"require_gpu": True}))
+    with pytest.raises(GrounderLoadError, match="require_gpu.*no CUDA GPU") as info:
+        g.load()
+    assert "80 GB" in str(info.value)
+
+
+def test_paper_profile_grounder_gives_the_gpu_and_weights_error():
+    import torch
+
+    profiles = pytest.importorskip("geoseg.profiles")
+    spec = profiles.load_profile("paper").grounder
+    assert spec.model == "Qwen/Qwen3-VL-32B-Instruct" and spec.options.get("convention") == "norm1000"
+    g = build_grounder(spec)
+    with pytest.raises(GrounderLoadError, match="Qwen/Qwen3-VL-32B-Instruct") as info:
+        g.ground(np.zeros((64, 64, 3), np.uint8), "a tree")
+    if not torch.cuda.is_available():
+        assert "GPU" in str(info.value)

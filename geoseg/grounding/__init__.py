@@ -15,8 +15,9 @@ Common options: ``convention`` (``norm1000`` default, ``pixel``, ``norm1``) and 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderLoadError
 from geoseg.grounding.parse import parse_grounding, rescale_grounding
@@ -42,6 +43,16 @@ def resolve_tiny_grounder_dir(spec: BackendSpec) -> Path:
     return build_tiny_grounder_model(default_model_root())
 
 
+def _construct(cls: type, kind: str, model: str, options: dict[str, Any]) -> Any:
+    """``cls(model, **options)`` with a clear error naming unknown options (instead of a bare TypeError)."""
+    params = inspect.signature(cls.__init__).parameters
+    known = sorted(n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for the {kind} grounder; known options: {known}")
+    return cls(model, **options)
+
+
 def build_grounder(spec: BackendSpec) -> Grounder:
     """Build the grounder named by ``spec.kind`` (``transformers``, ``openai`` or ``tiny``); models load lazily once."""
     if not isinstance(spec, BackendSpec):
@@ -52,18 +63,19 @@ def build_grounder(spec: BackendSpec) -> Grounder:
 
         if not spec.model:
             raise ValueError("the transformers grounder needs spec.model: a hub id or a local model directory")
-        return TransformersGrounder(spec.model, **options)
+        return _construct(TransformersGrounder, "transformers", spec.model, options)
     if spec.kind == "openai":
         from geoseg.grounding.openai_backend import OpenAIGrounder
 
         if not spec.model:
             raise ValueError("the openai grounder needs spec.model: the served model name")
-        return OpenAIGrounder(spec.model, **options)
+        return _construct(OpenAIGrounder, "openai", spec.model, options)
     if spec.kind == "tiny":
         from geoseg.grounding.transformers_backend import TransformersGrounder
 
         options.setdefault("max_new_tokens", 32)
-        return TransformersGrounder(str(resolve_tiny_grounder_dir(spec)), meaningless=True, **options)
+        options["meaningless"] = True
+        return _construct(TransformersGrounder, "tiny", str(resolve_tiny_grounder_dir(spec)), options)
     raise ValueError(f"unknown grounder kind {spec.kind!r}; choose one of {GROUNDER_KINDS}")
 
 

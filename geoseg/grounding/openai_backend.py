@@ -84,6 +84,7 @@ class OpenAIGrounder:
         image_format: str = "png",
         system_prompt: bool = True,
         extra_body: dict[str, Any] | None = None,
+        require_gpu: bool = False,
         meaningless: bool = False,
     ) -> None:
         if not model or not isinstance(model, str):
@@ -119,6 +120,8 @@ class OpenAIGrounder:
         self.system_prompt = bool(system_prompt)
         self.extra_body = dict(extra_body or {})
         self.meaningless = bool(meaningless)
+        # accepted for profile compatibility and not enforced here: the GPU belongs to the server
+        self.require_gpu = bool(require_gpu)
         self.api_key_env = api_key_env
         if api_key_env is not None and not os.environ.get(api_key_env):
             raise GrounderAuthError(

@@ -80,6 +80,7 @@ class TransformersGrounder:
         system_prompt: bool = True,
         trust_remote_code: bool = False,
         processor_kwargs: dict[str, Any] | None = None,
+        require_gpu: bool = False,
         meaningless: bool = False,
     ) -> None:
         if not model or not isinstance(model, str):
@@ -98,6 +99,8 @@ class TransformersGrounder:
         self.system_prompt = bool(system_prompt)
         self.trust_remote_code = bool(trust_remote_code)
         self.processor_kwargs = dict(processor_kwargs or {})
+        #: refuse to load on a machine without CUDA (the paper profile: a 32B model on a CPU is not a run)
+        self.require_gpu = bool(require_gpu)
         #: True for the tiny random model: its boxes mean nothing (see geoseg.types.TINY_MODEL_WARNING)
         self.meaningless = bool(meaningless)
         self._model = None
@@ -137,6 +140,13 @@ class TransformersGrounder:
             except ImportError as exc:  # pragma: no cover - transformers is a hard dependency
                 raise GrounderLoadError(f"transformers is not installed: {exc}") from exc
             device = resolve_device(self.device_option)
+            if self.require_gpu and not device.startswith("cuda"):
+                raise GrounderLoadError(
+                    f"the grounder {self.model_id!r} is configured with require_gpu=true but no CUDA GPU is "
+                    f"visible (device={device!r}). The paper profile ({PAPER_GROUNDER}, ~66 GB in bf16) needs a GPU "
+                    "with about 80 GB of memory and the downloaded weights; use the tiny profile on a CPU, or point "
+                    "the grounder at a served model (kind openai)."
+                )
             dtype = resolve_dtype(self.dtype_option, device)
             try:
                 processor = AutoProcessor.from_pretrained(
