@@ -140,14 +140,23 @@ class GeoSegPipeline:
 
     @property
     def is_meaningless(self) -> bool:
-        """True when any model is a tiny random one: the masks exercise the code and mean nothing."""
+        """True when any model is a tiny random one: the masks exercise the code and mean nothing.
+
+        A model already built (or injected) answers for itself (``meaningless`` / ``is_tiny``); a model not built yet
+        is judged by its spec (kind ``tiny``). The ``tiny`` profile is always meaningless.
+        """
         if self.config.profile == "tiny":
             return True
-        specs = (self.config.grounder, self.config.segmenter) + ((self.config.matcher,) if self.config.route_a else ())
-        if any(s.kind == "tiny" for s in specs):
-            return True
-        models = (self._grounder, self._matcher, self._segmenter)
-        return any(getattr(m, "meaningless", False) or getattr(m, "is_tiny", False) for m in models if m)
+        roles = [(self._grounder, self.config.grounder), (self._segmenter, self.config.segmenter)]
+        if self.config.route_a:
+            roles.append((self._matcher, self.config.matcher))
+        for model, spec in roles:
+            if model is None:
+                if spec.kind == "tiny":
+                    return True
+            elif getattr(model, "meaningless", False) or getattr(model, "is_tiny", False):
+                return True
+        return False
 
     def with_config(self, config: GeoSegConfig) -> GeoSegPipeline:
         """A pipeline with other switches/thresholds sharing this one's loaded models (for ablation sweeps)."""

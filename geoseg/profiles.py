@@ -122,7 +122,8 @@ def load_profile(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> GeoSe
             ref = str(path.parent / ref)
         base = load_profile(ref, _seen + (key,)).to_dict()
     merged = _merge(base, data)
-    merged.setdefault("profile", path.stem)
+    if "profile" not in data:  # a file is its own profile (and model_version), named after the file
+        merged["profile"] = path.stem
     try:
         return GeoSegConfig.from_dict(merged)
     except (TypeError, KeyError) as exc:
