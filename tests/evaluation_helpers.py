@@ -41,3 +41,20 @@ class ColourPipeline:
         return GeoSegResult(mask=mask, route="text" if mask.any() else "empty",
                             grounding=Grounding(phrase=query.split()[-1].strip(".")), model_version=self.model_version,
                             timings={"double": 0.001})
+
+
+class ColourBoxGrounder:
+    """A deterministic Grounder double (geoseg.protocols.Grounder): the box around the pixels far from the image's
+    median colour, the query's last word as phrase. Lets the tiny matcher and segmenter run on a real box."""
+
+    def ground(self, image: np.ndarray, query: str) -> Grounding:
+        from geoseg.types import Box
+
+        med = np.median(image.reshape(-1, 3), axis=0)
+        far = np.linalg.norm(image.astype(np.float32) - med, axis=2) > 60.0
+        phrase = query.rstrip(".?! ").split()[-1]
+        if not far.any():
+            return Grounding(phrase=phrase, raw_text="[]")
+        ys, xs = np.nonzero(far)
+        box = Box(float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        return Grounding(boxes=(box,), phrase=phrase, raw_text="colour box")
