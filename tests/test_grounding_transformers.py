@@ -206,3 +206,25 @@ def test_paper_profile_grounder_gives_the_gpu_and_weights_error():
         g.ground(np.zeros((64, 64, 3), np.uint8), "a tree")
     if not torch.cuda.is_available():
         assert "GPU" in str(info.value)
+
+
+def test_qwen25vl_family_through_the_same_backend(tiny_grounder_dir: Path, aerial_rgb):
+    from PIL import Image
+
+    from geoseg.grounding.tiny import build_tiny_qwen25vl_model
+
+    path = build_tiny_qwen25vl_model(tiny_grounder_dir.parent)
+    assert path.name == "qwen2_5vl" and build_tiny_qwen25vl_model(tiny_grounder_dir.parent) == path
+    g = build_grounder(
+        BackendSpec(
+            "transformers", str(path), {"convention": "pixel", "pixel_frame": "model_input", "max_new_tokens": 16}
+        )
+    )
+    out = g.ground(aerial_rgb, "the largest tree crown")
+    assert type(g._model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert isinstance(out, Grounding) and isinstance(out.raw_text, str)
+    w, h = g._model_input_size(Image.fromarray(aerial_rgb))
+    assert w % 28 == 0 and h % 28 == 0 and w * h <= 112 * 112
+    H, W = aerial_rgb.shape[:2]
+    for b in out.boxes:  # random weights; any box is mapped back into the original image
+        assert 0 <= b.x1 < b.x2 <= W and 0 <= b.y1 < b.y2 <= H

@@ -23,6 +23,7 @@ from pathlib import Path
 from geoseg.types import TINY_MODEL_WARNING
 
 TINY_GROUNDER_SUBDIR = "qwen3vl"
+TINY_QWEN25VL_SUBDIR = "qwen2_5vl"
 TINY_GROUNDER_FORMAT = 1  # bump when the built model changes; an older build is rebuilt
 _MARKER = "geolabel_tiny.json"
 
@@ -181,7 +182,65 @@ def build_tiny_config(vocab: dict[str, int]):
     )
 
 
-def _is_built(path: Path) -> bool:
+def build_tiny_qwen25vl_processor():
+    """Qwen2.5-VL processor: the same offline tokenizer, Qwen's image processor at patch 14 (<= 112x112 px)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=56 * 56,
+        max_pixels=112 * 112,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tiny_tokenizer(),
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_qwen25vl_config(vocab: dict[str, int]):
+    """A random-weight Qwen2.5-VL config (windowed vision attention, 2 + 2 layers of width 32)."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "pad_token_id": vocab["<|endoftext|>"],
+            "bos_token_id": None,
+            "eos_token_id": vocab["<|im_end|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 4,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "out_hidden_size": 32,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )
+
+
+def _is_built(path: Path, kind: str) -> bool:
     marker = path / _MARKER
     if not marker.is_file():
         return False
@@ -189,7 +248,62 @@ def _is_built(path: Path) -> bool:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return info.get("format") == TINY_GROUNDER_FORMAT and (path / "config.json").is_file()
+    return info.get("format") == TINY_GROUNDER_FORMAT and info.get("kind") == kind and (path / "config.json").is_file()
+
+
+def _build_tiny(root: Path, subdir: str, kind: str, make_processor, make_config, model_class: str, seed: int) -> Path:
+    """Build one tiny VLM into ``root / subdir`` (idempotent, atomic rename) and return that directory."""
+    root = Path(root).expanduser()
+    target = root / subdir
+    if _is_built(target, kind):
+        return target
+
+    import torch
+    import transformers
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{subdir}-build-", dir=root))
+    try:
+        processor = make_processor()
+        vocab = processor.tokenizer.get_vocab()
+        config = make_config(vocab)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = getattr(transformers, model_class)(config).eval()
+        model.generation_config.eos_token_id = vocab["<|im_end|>"]
+        model.generation_config.pad_token_id = vocab["<|endoftext|>"]
+        model.generation_config.do_sample = False
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "README.md").write_text(
+            f"# tiny random {model_class} (geolabel)\n\n"
+            f"Randomly initialised (seed {seed}); built offline by geoseg.grounding.tiny. {TINY_MODEL_WARNING}.\n"
+        )
+        (tmp / _MARKER).write_text(
+            json.dumps(
+                {
+                    "format": TINY_GROUNDER_FORMAT,
+                    "kind": kind,
+                    "seed": seed,
+                    "transformers": transformers.__version__,
+                    "warning": TINY_MODEL_WARNING,
+                },
+                indent=2,
+            )
+        )
+        if _is_built(target, kind):  # another process finished first
+            return target
+        if target.exists():  # a stale or older build
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not _is_built(target, kind):
+                raise
+        return target
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_tiny_grounder_model(root: Path, seed: int = 0) -> Path:
@@ -198,55 +312,27 @@ def build_tiny_grounder_model(root: Path, seed: int = 0) -> Path:
     The build happens in a temporary sibling directory that is renamed into place, so concurrent builders and
     interrupted builds never leave a half-written model behind.
     """
-    root = Path(root).expanduser()
-    target = root / TINY_GROUNDER_SUBDIR
-    if _is_built(target):
-        return target
+    return _build_tiny(
+        root,
+        TINY_GROUNDER_SUBDIR,
+        "tiny-qwen3vl",
+        build_tiny_processor,
+        build_tiny_config,
+        "Qwen3VLForConditionalGeneration",
+        seed,
+    )
 
-    import torch
-    import transformers
-    from transformers import Qwen3VLForConditionalGeneration
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".qwen3vl-build-", dir=root))
-    try:
-        processor = build_tiny_processor()
-        vocab = processor.tokenizer.get_vocab()
-        config = build_tiny_config(vocab)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = Qwen3VLForConditionalGeneration(config).eval()
-        model.generation_config.eos_token_id = vocab["<|im_end|>"]
-        model.generation_config.pad_token_id = vocab["<|endoftext|>"]
-        model.generation_config.do_sample = False
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "README.md").write_text(
-            "# tiny random Qwen3-VL (geolabel)\n\n"
-            f"Randomly initialised (seed {seed}); built offline by geoseg.grounding.tiny. {TINY_MODEL_WARNING}.\n"
-        )
-        (tmp / _MARKER).write_text(
-            json.dumps(
-                {
-                    "format": TINY_GROUNDER_FORMAT,
-                    "kind": "tiny-qwen3vl",
-                    "seed": seed,
-                    "transformers": transformers.__version__,
-                    "warning": TINY_MODEL_WARNING,
-                },
-                indent=2,
-            )
-        )
-        if _is_built(target):  # another process finished first
-            return target
-        if target.exists():  # a stale or older build
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _is_built(target):
-                raise
-        return target
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+def build_tiny_qwen25vl_model(root: Path, seed: int = 0) -> Path:
+    """Build a tiny Qwen2.5-VL into ``root / "qwen2_5vl"`` (idempotent): the second model family the transformers
+    backend supports; it answers in pixels of its resized input (``convention="pixel"``,
+    ``pixel_frame="model_input"``)."""
+    return _build_tiny(
+        root,
+        TINY_QWEN25VL_SUBDIR,
+        "tiny-qwen2_5vl",
+        build_tiny_qwen25vl_processor,
+        build_tiny_qwen25vl_config,
+        "Qwen2_5_VLForConditionalGeneration",
+        seed,
+    )

@@ -189,7 +189,7 @@ class TransformersGrounder:
         pil = Image.fromarray(as_rgb_uint8(image))
         messages: list[dict[str, Any]] = []
         if self.system_prompt:
-            messages.append({"role": "system", "content": [{"type": "text", "text": prompt.system}]})
+            messages.append({"role": "system", "content": prompt.system})
         messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]})
         processor, model = self._processor, self._model
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
