@@ -18,7 +18,7 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def render_overlay(rgb: Any, result: Any) -> Any:
-    """The image with the mask (red, translucent), raw box (yellow), refined box (cyan) and keypoints (green)."""
+    """The image with the mask (red, translucent), refined box (cyan), raw box(es) (yellow) and keypoints (green)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -27,11 +27,11 @@ def render_overlay(rgb: Any, result: Any) -> Any:
     base[m] = base[m] * 0.5 + np.array([255.0, 0.0, 0.0]) * 0.5
     im = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
-    for b in result.grounding.boxes:
-        draw.rectangle([b.x1, b.y1, max(b.x1, b.x2 - 1), max(b.y1, b.y2 - 1)], outline=(255, 255, 0), width=2)
-    if result.refined_box is not None:
+    if result.refined_box is not None:  # refined box first, so the raw box stays visible where they coincide
         r = result.refined_box
         draw.rectangle([r.x1, r.y1, max(r.x1, r.x2 - 1), max(r.y1, r.y2 - 1)], outline=(0, 255, 255), width=1)
+    for b in result.grounding.boxes:
+        draw.rectangle([b.x1, b.y1, max(b.x1, b.x2 - 1), max(b.y1, b.y2 - 1)], outline=(255, 255, 0), width=2)
     rad = max(2, round(min(im.size) / 100))
     for x, y in result.keypoints:
         draw.ellipse([x - rad, y - rad, x + rad, y + rad], outline=(0, 0, 0), fill=(0, 255, 0))
