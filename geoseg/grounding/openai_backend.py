@@ -42,7 +42,9 @@ def image_data_url(image: np.ndarray, image_format: str = "png") -> str:
     if fmt not in ("png", "jpeg"):
         raise ValueError(f"image_format must be png or jpeg, got {image_format!r}")
     buf = io.BytesIO()
-    Image.fromarray(as_rgb_uint8(image)).save(buf, format=fmt.upper(), **({"quality": 95} if fmt == "jpeg" else {}))
+    # PNG at zlib level 1: still lossless, encodes faster than the default level 6 and is about as small on photos
+    options = {"quality": 95} if fmt == "jpeg" else {"compress_level": 1}
+    Image.fromarray(as_rgb_uint8(image)).save(buf, format=fmt.upper(), **options)
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
 
 
