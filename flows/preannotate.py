@@ -1,0 +1,285 @@
+"""``preannotate_flow``: GeoSeg on every item that has no prediction for the current model version.
+
+* Work list: ``storage.repo.items_awaiting_prediction(model_version)`` (failed predictions too, with
+  ``retry_failed``), grouped by image so each image is fetched and decoded once, packed into batches of about
+  ``batch_size`` items; one Prefect task per batch.
+* The model stage is limited: at most ``concurrency`` batches run the models at once in this process (a semaphore),
+  and when a Prefect global concurrency limit named :data:`MODEL_CONCURRENCY_LIMIT` exists on the server, each batch
+  also takes a slot there (that is how several workers on GPU nodes share one limit).
+* Per-item failures (the model raised on that item, the image cannot be decoded) are stored as failed predictions
+  with the error text and the batch goes on; infrastructure faults (database, blob store) fail the task, which Prefect
+  retries (``retries``); a batch is written in one transaction, so a retry or a re-run never half-writes.
+* Masks go to the blob store (``storage.maskcodec``), the prediction rows to the database
+  (``repo.upsert_predictions``). Killed at any point and re-run, it predicts only what is missing.
+
+Models: ``profile`` is "tiny", "paper" or a profile file (``geoseg.profiles.load_profile``), or a name registered with
+:func:`register_pipeline_factory` (benchmarks and tests register orchestration-only pipelines this way). Tiny-model
+masks are meaningless (``geoseg.types.TINY_MODEL_WARNING``); the report says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.ingest import _logger
+from flows.runtime import Runtime, open_runtime, settings_from
+
+MODEL_CONCURRENCY_LIMIT = "geolabel-model"
+
+_factories: dict[str, Callable[[], Any]] = {}
+_pipelines: dict[str, Any] = {}
+_pipelines_lock = threading.Lock()
+_model_slots: dict[int, threading.BoundedSemaphore] = {}
+
+
+def register_pipeline_factory(name: str, factory: Callable[[], Any]) -> None:
+    """Make ``profile=name`` build its pipeline with ``factory()`` (a ``GeoSegPipeline``)."""
+    _factories[name] = factory
+    _pipelines.pop(name, None)
+
+
+def get_pipeline(profile: str) -> Any:
+    """The process-wide pipeline for ``profile``, built (and its models loaded) once."""
+    with _pipelines_lock:
+        p = _pipelines.get(profile)
+        if p is None:
+            if profile in _factories:
+                p = _factories[profile]()
+            else:
+                from geoseg.pipeline import GeoSegPipeline
+                from geoseg.profiles import load_profile
+
+                p = GeoSegPipeline(load_profile(profile)).load()
+            _pipelines[profile] = p
+        return p
+
+
+def model_version_of(profile: str) -> str:
+    if profile in _factories:
+        return get_pipeline(profile).model_version
+    from geoseg.profiles import load_profile
+
+    return load_profile(profile).model_version
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    item_id: int
+    query: str
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    image_id: int
+    sha256: str
+    uri: str
+    items: tuple[WorkItem, ...]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    predicted: int = 0
+    failed: int = 0
+    seconds_model: float = 0.0
+    seconds_total: float = 0.0
+    errors: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PreannotateReport:
+    model_version: str
+    pending: int = 0
+    predicted: int = 0
+    failed: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    meaningless: bool = False
+    errors: tuple[tuple[int, str], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_batches(images: list[ImageWork], batch_size: int) -> list[list[ImageWork]]:
+    """Pack whole images into batches of about ``batch_size`` items (an image with more items is split)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches: list[list[ImageWork]] = []
+    cur: list[ImageWork] = []
+    n = 0
+    for img in images:
+        items = list(img.items)
+        while items:
+            room = batch_size - n
+            take, items = items[:room], items[room:]
+            cur.append(ImageWork(img.image_id, img.sha256, img.uri, tuple(take)))
+            n += len(take)
+            if n >= batch_size:
+                batches.append(cur)
+                cur, n = [], 0
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def pending_work(rt: Runtime, model_version: str, limit: int | None, retry_failed: bool) -> list[ImageWork]:
+    from storage import repo
+
+    by_image: OrderedDict[int, tuple[Any, list[WorkItem]]] = OrderedDict()
+    with rt.session() as s:
+        for item in repo.items_awaiting_prediction(s, model_version, limit=limit, retry_failed=retry_failed):
+            img = item.image
+            by_image.setdefault(img.id, ((img.sha256, img.uri), []))[1].append(WorkItem(item.id, item.query))
+    return [ImageWork(iid, sha, uri, tuple(items)) for iid, ((sha, uri), items) in by_image.items()]
+
+
+def _load_rgb(rt: Runtime, work: ImageWork) -> Any:
+    from geoseg.imagery import read_image
+    from storage.sources import read_bytes
+
+    if rt.blobs.exists(work.sha256):
+        data = rt.blobs.get(work.sha256)
+    else:
+        client = None
+        if work.uri.startswith("s3://"):
+            from storage.blobs import s3_client
+
+            client = s3_client(endpoint_url=rt.settings.s3_endpoint_url)
+        data = read_bytes(work.uri, client=client)
+    return read_image(data, name=work.uri).rgb
+
+
+@contextlib.contextmanager
+def model_slot(concurrency: int):
+    """Hold one of ``concurrency`` local model slots, and a server-side slot when the global limit exists."""
+    sem = _model_slots.setdefault(concurrency, threading.BoundedSemaphore(concurrency))
+    with sem:
+        try:
+            from prefect.concurrency.sync import concurrency as global_concurrency
+
+            cm = global_concurrency(MODEL_CONCURRENCY_LIMIT, occupy=1, strict=False)
+        except Exception:  # noqa: BLE001 - no API / older server: the local semaphore still limits this process
+            cm = contextlib.nullcontext()
+        with cm:
+            yield
+
+
+def predict_batch(rt: Runtime, profile: str, batch: list[ImageWork], concurrency: int = 1) -> BatchOutcome:
+    """Run the pipeline on one batch and store masks + predictions in one transaction."""
+    from storage import repo
+    from storage.maskcodec import encode_mask
+    from storage.records import PredictionRecord
+
+    t_start = time.perf_counter()
+    pipeline = get_pipeline(profile)
+    mv = pipeline.model_version
+    records: list[PredictionRecord] = []
+    errors: list[tuple[int, str]] = []
+    inputs: list[tuple[int, Any, str]] = []
+    for work in batch:
+        try:
+            rgb = _load_rgb(rt, work)
+        except Exception as exc:  # per-image fault: each of its items gets the error, the batch goes on
+            for it in work.items:
+                records.append(PredictionRecord.failure(it.item_id, mv, f"image {work.uri}: {exc}"))
+                errors.append((it.item_id, f"{type(exc).__name__}: {exc}"))
+            continue
+        inputs.extend((it.item_id, rgb, it.query) for it in work.items)
+    t_model = time.perf_counter()
+    with model_slot(concurrency):
+        results = list(pipeline.run_batch(inputs, batch_size=max(1, len(inputs)))) if inputs else []
+    seconds_model = time.perf_counter() - t_model
+    masks: list[bytes] = []
+    ok: list[tuple[int, Any]] = []
+    for item_id, res in results:
+        if isinstance(res, Exception):
+            records.append(PredictionRecord.failure(int(item_id), mv, res))
+            errors.append((int(item_id), f"{type(res).__name__}: {res}"))
+        else:
+            masks.append(encode_mask(res.mask))
+            ok.append((int(item_id), res))
+    shas = rt.blobs.put_many(masks) if masks else []
+    for (item_id, res), sha in zip(ok, shas, strict=True):
+        records.append(PredictionRecord.from_result(item_id, res, mask_sha256=sha, score=_score(res)))
+    with rt.session() as s:
+        repo.upsert_predictions(s, records)
+    return BatchOutcome(
+        predicted=len(ok),
+        failed=len(errors),
+        seconds_model=seconds_model,
+        seconds_total=time.perf_counter() - t_start,
+        errors=tuple(errors),
+    )
+
+
+def _score(result: Any) -> float:
+    """The pre-label score shown in Label Studio: 1.0 when both routes agreed (intersection), 0.5 for one route,
+    0.0 for an empty mask. A coarse, documented confidence; GeoSeg itself outputs no probability."""
+    return {"intersection": 1.0, "point": 0.5, "text": 0.5}.get(result.route, 0.0)
+
+
+@task(name="predict-batch", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+def predict_batch_task(
+    settings_overrides: dict[str, Any] | None, profile: str, batch: list[ImageWork], concurrency: int
+) -> BatchOutcome:
+    return predict_batch(open_runtime(settings_from(settings_overrides)), profile, batch, concurrency)
+
+
+@flow(name="preannotate", log_prints=True)
+def preannotate_flow(
+    profile: str = "tiny",
+    settings_overrides: dict[str, Any] | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    concurrency: int = 1,
+    retry_failed: bool = True,
+) -> PreannotateReport:
+    """Predict every item without a prediction for ``profile``'s model version (see the module docstring)."""
+    from geoseg.types import TINY_MODEL_WARNING
+
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    log = _logger()
+    t0 = time.perf_counter()
+    rt = open_runtime(settings_from(settings_overrides))
+    mv = model_version_of(profile)
+    work = pending_work(rt, mv, limit, retry_failed)
+    pending = sum(len(w.items) for w in work)
+    batches = plan_batches(work, batch_size)
+    log.info("preannotate: %d item(s) on %d image(s) need model %s: %d batch(es)", pending, len(work), mv, len(batches))
+    meaningless = False
+    if pending:
+        meaningless = bool(getattr(get_pipeline(profile), "is_meaningless", False))
+        if meaningless:
+            log.warning("preannotate: %s", TINY_MODEL_WARNING)
+    futures = [predict_batch_task.submit(settings_overrides, profile, b, concurrency) for b in batches]
+    predicted = failed = 0
+    errors: list[tuple[int, str]] = []
+    for f in futures:
+        out = f.result()
+        predicted += out.predicted
+        failed += out.failed
+        errors.extend(out.errors)
+    for item_id, msg in errors[:20]:
+        log.warning("preannotate: item %d failed: %s", item_id, msg)
+    report = PreannotateReport(
+        model_version=mv,
+        pending=pending,
+        predicted=predicted,
+        failed=failed,
+        batches=len(batches),
+        seconds=time.perf_counter() - t0,
+        meaningless=meaningless,
+        errors=tuple(errors),
+    )
+    log.info("preannotate: %d predicted, %d failed in %.1f s", predicted, failed, report.seconds)
+    return report
