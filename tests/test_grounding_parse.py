@@ -90,6 +90,16 @@ def test_wrapper_dict_and_bare_boxes():
     assert len(g.boxes) == 2
 
 
+def test_key_case_and_wrapper_rules():
+    g = parse_grounding('{"BBox": [1, 2, 3, 4], "Prompt": "dam"}', SIZE, "pixel")
+    assert box(g) == (1.0, 2.0, 3.0, 4.0) and g.phrase == "dam"
+    # a bare 4-list one level down is not taken for a box (it may be a size or a colour)
+    assert parse_grounding('{"image_size": [0, 0, 810, 810]}', SIZE, "pixel").box is None
+    assert box(parse_grounding('{"answer": {"bbox_2d": [5, 6, 7, 8]}}', SIZE, "pixel")) == (5.0, 6.0, 7.0, 8.0)
+    # ... but a bare box in prose is an answer
+    assert box(parse_grounding("The target is at [10, 20, 30, 40].", SIZE, "pixel")) == (10.0, 20.0, 30.0, 40.0)
+
+
 def test_python_literal_and_trailing_commas():
     g = parse_grounding("{'bbox': [1, 2, 3, 4], 'prompt': 'ship'}", SIZE, "pixel")
     assert box(g) == (1.0, 2.0, 3.0, 4.0) and g.phrase == "ship"

@@ -219,6 +219,7 @@ class _Shape:
     entries: list[_Entry] = field(default_factory=list)
     no_target: bool = False
     dropped: list[str] = field(default_factory=list)
+    bare: bool = False  # boxes written as bare number lists, without a bbox key
 
 
 def _is_number_like(v: Any) -> bool:
@@ -239,10 +240,15 @@ def _is_bare_box(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_number_like(x) for x in v)
 
 
-def _first_key(d: dict, keys: tuple[str, ...]) -> str | None:
+def _first_key(d: dict, keys: tuple[str, ...]) -> Any:
+    """The first of ``keys`` present in ``d`` (exact, then case-insensitive: ``"BBox"``), as spelled in ``d``."""
     for k in keys:
         if k in d:
             return k
+    lowered = {k.strip().lower(): k for k in d if isinstance(k, str)}
+    for k in keys:
+        if k in lowered:
+            return lowered[k]
     return None
 
 
@@ -270,8 +276,10 @@ def interpret(value: Any) -> _Shape | None:
             return _Shape(no_target=True) if entry is None else _Shape(entries=[entry])
         # a wrapper one level down: {"objects": [...]}, {"answer": {...}}
         for v in value.values():
-            if isinstance(v, (dict, list)):
-                inner = interpret(v) if not isinstance(v, dict) or _first_key(v, BOX_KEYS) else None
+            if isinstance(v, dict) and _first_key(v, BOX_KEYS) is not None:
+                return interpret(v)
+            if isinstance(v, list) and v and not _is_bare_box(v):  # a bare 4-list here may be a size, not a box
+                inner = interpret(v)
                 if inner is not None:
                     return inner
         return None
@@ -279,7 +287,7 @@ def interpret(value: Any) -> _Shape | None:
         if len(value) == 0:
             return _Shape(no_target=True)
         if _is_bare_box(value):
-            return _Shape(entries=[_Entry(box=value)])
+            return _Shape(entries=[_Entry(box=value)], bare=True)
         shape = _Shape()
         recognised = False
         for i, item in enumerate(value[:_MAX_ENTRIES]):
@@ -297,6 +305,7 @@ def interpret(value: Any) -> _Shape | None:
             shape.dropped.append(f"{len(value) - _MAX_ENTRIES} entries beyond the first {_MAX_ENTRIES} ignored")
         if not recognised:
             return None
+        shape.bare = all(_is_bare_box(item) for item in value[:_MAX_ENTRIES])
         if not shape.entries:
             shape.no_target = True
         return shape
@@ -429,14 +438,22 @@ def _build(shape: _Shape, raw_text: str, image_size: tuple[int, int], convention
 
 
 def _first_shape(text: str) -> _Shape | None:
+    """The first candidate with a grounding shape. A bare number list nested inside JSON that decoded but held no
+    grounding (``{"image_size": [0, 0, 810, 810]}``) is not taken for a box."""
+    decoded_other: list[str] = []
     for cand in json_candidates(text):
         try:
             value = decode_json(cand)
         except ValueError:
             continue
         shape = interpret(value)
-        if shape is not None:
-            return shape
+        if shape is None:
+            if isinstance(value, (dict, list)):
+                decoded_other.append(cand)
+            continue
+        if shape.bare and any(cand in other for other in decoded_other):
+            continue
+        return shape
     return None
 
 
