@@ -392,3 +392,40 @@ def test_concurrent_writers_sqlite(tmp_path):
     with session_scope(eng) as s:
         assert repo.count_rows(s, Image) == 1
     eng.dispose()
+
+
+def test_records_from_real_geoseg_objects(session: Session, blob_store):
+    """The adapters at the edge: a real GeoTIFF read by geoseg.imagery and a GeoSegResult built from a mask."""
+    from pathlib import Path
+
+    from geoseg.imagery import read_image
+    from geoseg.types import Box, GeoSegResult, Grounding
+
+    path = Path(__file__).parent / "data" / "aerial" / "lc.tif"
+    data = path.read_bytes()
+    loaded = read_image(data, name=path.name)
+    rec = ImageRecord.from_loaded(loaded, sha256=hashlib.sha256(data).hexdigest(), uri=path.as_uri(), source="test")
+    image_id = repo.upsert_image(session, rec)
+    stored = session.get(Image, image_id)
+    assert (stored.width, stored.height, stored.bands) == (loaded.width, loaded.height, loaded.bands)
+    assert stored.crs == loaded.crs and (stored.transform is None) == (loaded.transform is None)
+    if loaded.transform is not None:
+        assert stored.transform == pytest.approx(list(loaded.transform))
+    item_id = repo.upsert_item(session, ItemRecord(image_id, "the lake"))
+    mask = np.zeros((loaded.height, loaded.width), bool)
+    mask[2:10, 3:12] = True
+    g = Grounding(boxes=(Box(3, 2, 12, 10),), phrase="lake", points=(((6.0, 5.0),),), raw_text='{"bbox": [3,2,12,10]}')
+    result = GeoSegResult(
+        mask=mask, route="point", grounding=g, model_version="geoseg-tiny-test", box=g.box,
+        refined_box=Box(1.2, 0.4, 12.9, 10.8), roi=(1, 0, 13, 11), keypoints=np.array([[6.0, 5.0]]),
+        valid_point=True, valid_text=False, timings={"ground": 0.5},
+    )  # fmt: skip
+    msha = blob_store.put(encode_mask(result.mask))
+    pid = repo.upsert_prediction(session, PredictionRecord.from_result(item_id, result, msha, score=0.9))
+    session.commit()
+    p = session.get(Prediction, pid)
+    assert p.route == "point" and p.phrase == "lake" and p.mask_area == int(mask.sum())
+    assert p.boxes == [[3, 2, 12, 10]] and p.refined_box == pytest.approx([1.2, 0.4, 12.9, 10.8])
+    assert p.valid_point is True and p.valid_text is False and p.keypoints == [[6.0, 5.0]]
+    assert np.array_equal(decode_mask(blob_store.get(p.mask_sha256), mask.shape), mask)
+    assert session.get(Item, item_id).status == ItemStatus.PREDICTED
