@@ -19,6 +19,8 @@ from storage.models import Verdict
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 LEVELS = ("L1", "L2", "L3")
 ROUTES = ("intersection", "point", "text", "empty")
+#: Longer queries are refused (a unique index on PostgreSQL holds at most ~2.7 kB per key).
+MAX_QUERY_CHARS = 1000
 
 
 def _sha(name: str, value: str | None, required: bool = False) -> None:
@@ -40,6 +42,11 @@ def _aware(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+
+
+def _max_len(name: str, value: str | None, n: int) -> None:
+    if value is not None and len(str(value)) > n:
+        raise ValueError(f"{name} is longer than {n} characters: {str(value)[:60]!r}...")
 
 
 def _floats(name: str, values: Any, n: int | None = None) -> list[float]:
@@ -81,6 +88,8 @@ class ImageRecord:
             raise ValueError("ImageRecord.uri must be a non-empty string")
         for n in ("width", "height", "bands"):
             _pos_int(f"ImageRecord.{n}", getattr(self, n))
+        _max_len("ImageRecord.dtype", self.dtype, 16)
+        _max_len("ImageRecord.format", self.format, 32)
         if self.transform is not None:
             object.__setattr__(self, "transform", tuple(_floats("ImageRecord.transform", self.transform, 6)))
 
@@ -118,6 +127,7 @@ class ItemRecord:
         if not isinstance(self.query, str) or not self.query.strip():
             raise ValueError("ItemRecord.query must be a non-empty string")
         object.__setattr__(self, "query", self.query.strip())
+        _max_len("ItemRecord.query", self.query, MAX_QUERY_CHARS)
         if self.level is not None:
             lvl = str(self.level).strip().upper()
             if lvl not in LEVELS:

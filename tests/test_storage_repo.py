@@ -94,6 +94,10 @@ def test_bad_records_are_refused():
         ItemRecord(image_id=1, query="q", level="L4")
     with pytest.raises(ValueError, match="query"):
         ItemRecord(image_id=1, query="   ")
+    with pytest.raises(ValueError, match="longer than 1000"):
+        ItemRecord(image_id=1, query="x" * 1001)
+    with pytest.raises(ValueError, match="dtype is longer"):
+        ImageRecord(sha256=sha("x"), uri="x", width=1, height=1, dtype="complex-float-128-bits")
     with pytest.raises(ValueError, match="mask_sha256"):
         PredictionRecord(item_id=1, model_version=MV)
     with pytest.raises(ValueError, match="route"):
