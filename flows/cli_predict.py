@@ -68,11 +68,14 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("predictions"), "--out", help="Output directory."),
     ) -> None:
         """Segment QUERY in IMAGE; writes the mask PNG, an overlay PNG and the result JSON."""
+        from transformers.utils import logging as hf_logging
+
         from geoseg.imagery import read_image
         from geoseg.pipeline import GeoSegPipeline
         from geoseg.profiles import load_profile
         from geoseg.types import TINY_MODEL_WARNING
 
+        hf_logging.disable_progress_bar()  # keep the command's output to its own lines
         if not query.strip():
             raise typer.BadParameter("QUERY must not be empty", param_hint="QUERY")
         loaded = read_image(image)

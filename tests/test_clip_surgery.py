@@ -132,14 +132,15 @@ def test_missing_weights_offline_is_a_clear_error(tmp_path):
         build_matcher(BackendSpec("open_clip", f"local-dir:{tmp_path}"))
 
 
-def test_checkpoint_file_as_pretrained(tiny_clip_dir, tiny_matcher, aerial_rgb):
+def test_checkpoint_file_as_pretrained(tiny_clip_dir, tiny_matcher, aerial_rgb, tmp_path):
     """The paper path: a named architecture plus a weights file, here the tiny config registered by name."""
     import json
 
     import open_clip
 
     cfg = json.loads((tiny_clip_dir / "open_clip_config.json").read_text())["model_cfg"]
-    open_clip.factory._MODEL_CONFIGS["geolabel-test-tiny-vit"] = cfg
+    (tmp_path / "geolabel-test-tiny-vit.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "geolabel-test-tiny-vit.json")
     m = build_matcher(
         BackendSpec(
             "open_clip",
