@@ -228,3 +228,28 @@ def test_qwen25vl_family_through_the_same_backend(tiny_grounder_dir: Path, aeria
     H, W = aerial_rgb.shape[:2]
     for b in out.boxes:  # random weights; any box is mapped back into the original image
         assert 0 <= b.x1 < b.x2 <= W and 0 <= b.y1 < b.y2 <= H
+
+
+def test_batched_ground_many(tiny_grounder_dir: Path, aerial_rgb):
+    from PIL import Image
+
+    other = np.asarray(Image.open(AERIAL / "SOAP_061.png").convert("RGB"))
+    small = np.ascontiguousarray(aerial_rgb[:120, :200])
+    g = TransformersGrounder(str(tiny_grounder_dir), max_new_tokens=16, batch_size=3)
+    bad = np.zeros((2, 2))
+    items = [(aerial_rgb, "a tree"), (small, "a road"), (bad, "bad"), (other, "a pond"), (aerial_rgb, "a tree")]
+    out = g.ground_many(items)
+    assert len(out) == 5
+    assert isinstance(out[2], ValueError)
+    for i in (0, 1, 3, 4):
+        assert isinstance(out[i], Grounding) and isinstance(out[i].raw_text, str)
+    # identical rows in different batches (one padded, one not) decode the same greedy text
+    assert out[0].raw_text == out[4].raw_text
+    # one generate() per chunk of 3 valid items: the texts equal a one-item call's on this deterministic CPU run
+    single = TransformersGrounder(str(tiny_grounder_dir), max_new_tokens=16)
+    assert single.ground(aerial_rgb, "a tree").raw_text == out[0].raw_text
+
+
+def test_ground_many_load_failure_fails_every_item(tmp_path: Path):
+    out = TransformersGrounder(str(tmp_path / "missing")).ground_many([(np.zeros((8, 8, 3), np.uint8), "a")] * 2)
+    assert len(out) == 2 and all(isinstance(o, GrounderLoadError) for o in out)

@@ -81,6 +81,7 @@ class TransformersGrounder:
         trust_remote_code: bool = False,
         processor_kwargs: dict[str, Any] | None = None,
         require_gpu: bool = False,
+        batch_size: int = 1,
         meaningless: bool = False,
     ) -> None:
         if not model or not isinstance(model, str):
@@ -91,6 +92,10 @@ class TransformersGrounder:
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         self.max_new_tokens = max_new_tokens
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        #: items per generate() call in ground_many (left-padded batch); 1 = one call per item
+        self.batch_size = batch_size
         if pixel_frame not in PIXEL_FRAMES:
             raise ValueError(f"pixel_frame must be one of {PIXEL_FRAMES}, got {pixel_frame!r}")
         self.pixel_frame = pixel_frame
@@ -180,29 +185,41 @@ class TransformersGrounder:
     def prompt_for(self, query: str, frame_size: tuple[int, int] | None) -> GroundingPrompt:
         return build_prompt(query, self.prompt_form, self.convention, frame_size)
 
-    def generate_text(self, image: np.ndarray, prompt: GroundingPrompt) -> str:
-        """Greedy generation on (image, prompt); returns only the newly generated text."""
-        import torch
-        from PIL import Image
-
-        self.load()
-        pil = Image.fromarray(as_rgb_uint8(image))
+    def _messages(self, prompt: GroundingPrompt) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": prompt.system})
         messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]})
+        return messages
+
+    def generate_texts(self, images: list[np.ndarray], prompts: list[GroundingPrompt]) -> list[str]:
+        """Greedy generation for a batch of (image, prompt) pairs in one ``generate`` call (left padding);
+        returns only the newly generated text of each."""
+        import torch
+        from PIL import Image
+
+        if len(images) != len(prompts) or not images:
+            raise ValueError(f"need as many prompts as images (and at least one), got {len(images)}/{len(prompts)}")
+        self.load()
+        pils = [Image.fromarray(as_rgb_uint8(im)) for im in images]
         processor, model = self._processor, self._model
-        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = processor(text=[text], images=[pil], return_tensors="pt").to(model.device)
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        render = processor.apply_chat_template
+        texts = [render(self._messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
         with self._lock, torch.inference_mode():
+            processor.tokenizer.padding_side = "left"  # generation continues every row from its last real token
+            inputs = processor(text=texts, images=pils, padding=True, return_tensors="pt").to(model.device)
+            if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+                inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        return processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+        return processor.batch_decode(new_tokens, skip_special_tokens=True)
 
-    def ground(self, image: np.ndarray, query: str) -> Grounding:
-        """𝓛(image, query): boxes in absolute pixels of ``image``. Model failures raise GrounderError."""
+    def generate_text(self, image: np.ndarray, prompt: GroundingPrompt) -> str:
+        """Greedy generation on (image, prompt); returns only the newly generated text."""
+        return self.generate_texts([image], [prompt])[0]
+
+    def _prepare(self, image: np.ndarray, query: str) -> tuple[np.ndarray, tuple[int, int], GroundingPrompt]:
+        """Validated RGB, the frame the model's coordinates refer to (W, H), and the prompt."""
         rgb = as_rgb_uint8(image)
         H, W = rgb.shape[:2]
         self.load()
@@ -211,25 +228,57 @@ class TransformersGrounder:
             from PIL import Image
 
             frame = self._model_input_size(Image.fromarray(rgb))
-        prompt = self.prompt_for(query, frame if self.convention == "pixel" else (W, H))
+        return rgb, frame, self.prompt_for(query, frame)
+
+    def _finish(self, answer: str, rgb: np.ndarray, frame: tuple[int, int]) -> Grounding:
+        H, W = rgb.shape[:2]
+        g = parse_grounding(answer, frame, self.convention)
+        return rescale_grounding(g, frame, (W, H)) if frame != (W, H) else g
+
+    def _generation_error(self, exc: BaseException) -> GrounderError:
+        return GrounderError(f"grounder generation failed on {self.model_id!r}: {type(exc).__name__}: {exc}")
+
+    def ground(self, image: np.ndarray, query: str) -> Grounding:
+        """𝓛(image, query): boxes in absolute pixels of ``image``. Model failures raise GrounderError."""
+        rgb, frame, prompt = self._prepare(image, query)
         try:
             answer = self.generate_text(rgb, prompt)
         except GrounderError:
             raise
         except (RuntimeError, ValueError, IndexError) as exc:
-            msg = f"grounder generation failed on {self.model_id!r}: {type(exc).__name__}: {exc}"
-            raise GrounderError(msg) from exc
-        g = parse_grounding(answer, frame, self.convention)
-        if frame != (W, H):
-            g = rescale_grounding(g, frame, (W, H))
-        return g
+            raise self._generation_error(exc) from exc
+        return self._finish(answer, rgb, frame)
 
     def ground_many(self, items: Iterable[tuple[np.ndarray, str]]) -> list[Grounding | Exception]:
-        """Ground each (image, query) in order; a failing item yields its exception instead of stopping the batch."""
-        results: list[Grounding | Exception] = []
-        for image, query in items:
+        """Ground each (image, query), ``batch_size`` items per ``generate`` call; one Grounding or exception per
+        item, in order. A bad item (invalid image, empty query) yields its exception without stopping the batch;
+        when a batched call fails, its items are retried one by one so only the failing item reports the error."""
+        items = list(items)
+        try:
+            self.load()
+        except GrounderLoadError as exc:  # a model that cannot load fails every item the same way
+            return [exc] * len(items)
+        results: list[Grounding | Exception | None] = [None] * len(items)
+        ready: list[tuple[int, np.ndarray, tuple[int, int], GroundingPrompt]] = []
+        for i, (image, query) in enumerate(items):
             try:
-                results.append(self.ground(image, query))
+                ready.append((i, *self._prepare(image, query)))
             except (GrounderError, ValueError) as exc:
-                results.append(exc)
-        return results
+                results[i] = exc
+        for start in range(0, len(ready), self.batch_size):
+            chunk = ready[start : start + self.batch_size]
+            try:
+                answers = self.generate_texts([c[1] for c in chunk], [c[3] for c in chunk])
+            except (RuntimeError, ValueError, IndexError) as exc:
+                if len(chunk) == 1:
+                    results[chunk[0][0]] = self._generation_error(exc)
+                    continue
+                for i, rgb, frame, prompt in chunk:  # isolate the failing item
+                    try:
+                        results[i] = self._finish(self.generate_text(rgb, prompt), rgb, frame)
+                    except (RuntimeError, ValueError, IndexError) as exc_one:
+                        results[i] = self._generation_error(exc_one)
+                continue
+            for (i, rgb, frame, _prompt), answer in zip(chunk, answers, strict=True):
+                results[i] = self._finish(answer, rgb, frame)
+        return [r for r in results if r is not None]
