@@ -23,6 +23,7 @@ cell is drawn without replacement. A cell with too few triplets is an error list
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -311,7 +312,12 @@ def read_snapshot(path: str | Path, *, verify: bool = True):
         problems = verify_snapshot(path)
         if problems:
             raise SnapshotError(f"snapshot {path} failed verification: {'; '.join(problems[:5])}")
-    return read_benchmark(path)
+    bench = read_benchmark(path)
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+        return dataclasses.replace(bench, name=f"{manifest['name']}@{manifest['version']}")
+    except (OSError, ValueError, KeyError):
+        return bench
 
 
 def resolve_snapshot_dir(session: Session, blobs: BlobStore, ref: str, root: str | Path) -> Path:
