@@ -169,6 +169,12 @@ def test_server_backed_by_the_tiny_model(chat_server, aerial_rgb):
     assert isinstance(out, Grounding)  # random tokens: usually no box, the text is kept
 
 
+def test_truncated_answer_is_reported(chat_server, aerial_rgb):
+    chat_server.queue({"answer": '{"bbox": [10, 20', "finish_reason": "length"})
+    out = grounder(chat_server, max_tokens=7).ground(aerial_rgb, "the largest building")
+    assert out.box is None and "cut off at max_tokens=7" in out.error
+
+
 def test_option_validation():
     with pytest.raises(ValueError, match="base_url"):
         OpenAIGrounder("m")

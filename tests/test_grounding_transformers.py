@@ -87,6 +87,12 @@ def test_generation_is_greedy_and_decodes_only_new_tokens(tiny_grounder: Transfo
     assert "Question" not in a and "<|im_start|>" not in a  # no prompt echo, no special tokens
 
 
+def test_answer_cut_at_max_new_tokens_is_reported(tiny_grounder_dir: Path, aerial_rgb):
+    g = TransformersGrounder(str(tiny_grounder_dir), max_new_tokens=2)
+    out = g.ground(aerial_rgb, "the largest tree crown")
+    assert out.box is None and "cut off at max_new_tokens=2" in out.error
+
+
 def test_model_loads_once_per_instance(tiny_grounder: TransformersGrounder, aerial_rgb):
     model = tiny_grounder._model
     tiny_grounder.ground(aerial_rgb, "a road")

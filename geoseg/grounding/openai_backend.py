@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 
 from geoseg.grounding.errors import GrounderAuthError, GrounderError
-from geoseg.grounding.parse import parse_grounding
+from geoseg.grounding.parse import note_truncation, parse_grounding
 from geoseg.grounding.prompts import GroundingPrompt, build_prompt, check_convention, check_form
 from geoseg.grounding.transformers_backend import as_rgb_uint8
 from geoseg.types import Grounding
@@ -62,6 +62,14 @@ def message_content(payload: Any) -> str:
     if isinstance(content, list):  # content parts
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     raise ValueError(f"choices[0].message.content has unexpected type {type(content).__name__}")
+
+
+def _finish_reason(payload: Any) -> str | None:
+    try:
+        reason = payload["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
 
 
 class OpenAIGrounder:
@@ -204,6 +212,10 @@ class OpenAIGrounder:
 
     def complete(self, body: dict[str, Any]) -> str:
         """POST one chat completion with retries; returns the assistant text or raises GrounderError."""
+        return self.complete_with_reason(body)[0]
+
+    def complete_with_reason(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        """Like :meth:`complete`, also returning ``finish_reason`` (``"length"`` when max_tokens cut the answer)."""
         client = self._http()
         attempts = self.max_retries + 1
         last = "no attempt made"
@@ -228,7 +240,8 @@ class OpenAIGrounder:
                     )
                 else:
                     try:
-                        return message_content(resp.json())
+                        payload = resp.json()
+                        return message_content(payload), _finish_reason(payload)
                     except ValueError as exc:
                         raise GrounderError(
                             f"grounder at {self.url} sent an unreadable chat-completions response "
@@ -244,8 +257,9 @@ class OpenAIGrounder:
         rgb = as_rgb_uint8(image)
         H, W = rgb.shape[:2]
         prompt = build_prompt(query, self.prompt_form, self.convention, (W, H))
-        answer = self.complete(self.request_body(rgb, prompt))
-        return parse_grounding(answer, (W, H), self.convention)
+        answer, finish_reason = self.complete_with_reason(self.request_body(rgb, prompt))
+        g = parse_grounding(answer, (W, H), self.convention)
+        return note_truncation(g, "max_tokens", self.max_tokens) if finish_reason == "length" else g
 
     def ground_many(self, items: Iterable[tuple[np.ndarray, str]]) -> list[Grounding | Exception]:
         """Ground a batch with at most ``concurrency`` requests in flight; one result (or exception) per item."""

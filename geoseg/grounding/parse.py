@@ -505,3 +505,12 @@ def rescale_grounding(g: Grounding, from_size: tuple[int, int], to_size: tuple[i
     )
     points = tuple(tuple((min(x * sx, tw - 1e-6), min(y * sy, th - 1e-6)) for x, y in ps) for ps in g.points)
     return Grounding(boxes=boxes, phrase=g.phrase, points=points, raw_text=g.raw_text, error=g.error)
+
+
+def note_truncation(g: Grounding, limit_name: str, limit: int) -> Grounding:
+    """When no box came out of an answer that hit the generation limit, say so in ``error`` (the usual fix is a
+    larger limit, not a better parser)."""
+    if g.boxes or g.error is None:
+        return g
+    error = f"{g.error} (the answer was cut off at {limit_name}={limit}; raise {limit_name})"
+    return Grounding(boxes=g.boxes, phrase=g.phrase, points=g.points, raw_text=g.raw_text, error=error)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.grounding.errors import GrounderError, GrounderLoadError
-from geoseg.grounding.parse import parse_grounding, rescale_grounding
+from geoseg.grounding.parse import note_truncation, parse_grounding, rescale_grounding
 from geoseg.grounding.prompts import GroundingPrompt, build_prompt, check_convention, check_form
 from geoseg.types import Grounding
 
@@ -195,6 +195,10 @@ class TransformersGrounder:
     def generate_texts(self, images: list[np.ndarray], prompts: list[GroundingPrompt]) -> list[str]:
         """Greedy generation for a batch of (image, prompt) pairs in one ``generate`` call (left padding);
         returns only the newly generated text of each."""
+        return [text for text, _cut in self._generate(images, prompts)]
+
+    def _generate(self, images: list[np.ndarray], prompts: list[GroundingPrompt]) -> list[tuple[str, bool]]:
+        """(new text, cut off at max_new_tokens) per item."""
         import torch
         from PIL import Image
 
@@ -212,7 +216,13 @@ class TransformersGrounder:
                 inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
             out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        return processor.batch_decode(new_tokens, skip_special_tokens=True)
+        texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        cut = [
+            new_tokens.shape[1] >= self.max_new_tokens and not (eos_ids & set(row.tolist())) for row in new_tokens
+        ]
+        return list(zip(texts, cut, strict=True))
 
     def generate_text(self, image: np.ndarray, prompt: GroundingPrompt) -> str:
         """Greedy generation on (image, prompt); returns only the newly generated text."""
@@ -230,9 +240,12 @@ class TransformersGrounder:
             frame = self._model_input_size(Image.fromarray(rgb))
         return rgb, frame, self.prompt_for(query, frame)
 
-    def _finish(self, answer: str, rgb: np.ndarray, frame: tuple[int, int]) -> Grounding:
+    def _finish(self, answer: tuple[str, bool], rgb: np.ndarray, frame: tuple[int, int]) -> Grounding:
         H, W = rgb.shape[:2]
-        g = parse_grounding(answer, frame, self.convention)
+        text, cut = answer
+        g = parse_grounding(text, frame, self.convention)
+        if cut:
+            g = note_truncation(g, "max_new_tokens", self.max_new_tokens)
         return rescale_grounding(g, frame, (W, H)) if frame != (W, H) else g
 
     def _generation_error(self, exc: BaseException) -> GrounderError:
@@ -242,7 +255,7 @@ class TransformersGrounder:
         """𝓛(image, query): boxes in absolute pixels of ``image``. Model failures raise GrounderError."""
         rgb, frame, prompt = self._prepare(image, query)
         try:
-            answer = self.generate_text(rgb, prompt)
+            answer = self._generate([rgb], [prompt])[0]
         except GrounderError:
             raise
         except (RuntimeError, ValueError, IndexError) as exc:
@@ -268,14 +281,14 @@ class TransformersGrounder:
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start : start + self.batch_size]
             try:
-                answers = self.generate_texts([c[1] for c in chunk], [c[3] for c in chunk])
+                answers = self._generate([c[1] for c in chunk], [c[3] for c in chunk])
             except (RuntimeError, ValueError, IndexError) as exc:
                 if len(chunk) == 1:
                     results[chunk[0][0]] = self._generation_error(exc)
                     continue
                 for i, rgb, frame, prompt in chunk:  # isolate the failing item
                     try:
-                        results[i] = self._finish(self.generate_text(rgb, prompt), rgb, frame)
+                        results[i] = self._finish(self._generate([rgb], [prompt])[0], rgb, frame)
                     except (RuntimeError, ValueError, IndexError) as exc_one:
                         results[i] = self._generation_error(exc_one)
                 continue
