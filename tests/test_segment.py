@@ -151,6 +151,27 @@ def test_spec_errors(tmp_path, tiny_sam3_dir):
         build_segmenter(BackendSpec("sam3-transformers"))
 
 
+def test_checkpoint_with_missing_tracker_weights_is_refused(tmp_path, tiny_sam3_dir):
+    """A checkpoint that does not hold the tracker in Sam3TrackerModel's key layout (here a tiny Sam3VideoModel
+    save) would leave the point decoder random: loading refuses it instead of producing silent nonsense masks."""
+    import json
+
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    det = json.loads((tiny_sam3_dir / "detector" / "config.json").read_text())
+    trk = json.loads((tiny_sam3_dir / "tracker" / "config.json").read_text())
+    trk["model_type"] = "sam3_tracker_video"
+    Sam3VideoModel(Sam3VideoConfig(detector_config=det, tracker_config=trk)).save_pretrained(tmp_path / "video")
+    with pytest.raises(RuntimeError, match="missing .* weights"):
+        build_segmenter(
+            BackendSpec(
+                "sam3-transformers",
+                str(tiny_sam3_dir / "detector"),
+                {"tracker_model": str(tmp_path / "video"), "device": "cpu"},
+            )
+        )
+
+
 def test_official_backend_is_guarded():
     """Meta's sam3 package is not installable here (GPU-only, conflicting pins): a clear error with the recipe."""
     with pytest.raises(RuntimeError, match="own venv|no GPU"):

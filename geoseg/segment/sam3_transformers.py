@@ -63,6 +63,17 @@ def _load_error(what: str, source: str, exc: Exception) -> RuntimeError:
     )
 
 
+def _check_complete(what: str, source: str, info: dict[str, Any]) -> None:
+    """Refuse a model whose checkpoint left weights randomly initialised: its masks would be silently meaningless."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise RuntimeError(
+            f"the SAM3 {what} loaded from {source!r} is missing {len(missing)} weights (e.g. {missing[:3]}); "
+            "they would be random. Point the segmenter at a checkpoint in this class's format "
+            "(options.tracker_model for the point-prompt half)."
+        )
+
+
 @dataclass
 class Sam3ImageState:
     """The encoding of one crop: backbone tokens plus lazily built neck features for each head."""
@@ -152,16 +163,22 @@ class Sam3TransformersSegmenter:
         unknown = set(opts) - known
         if unknown:
             raise ValueError(f"unknown sam3-transformers options {sorted(unknown)}; known: {sorted(known)}")
+        det_what, trk_what = "detector (Sam3Model)", "tracker (Sam3TrackerModel)"
         try:
-            detector = Sam3Model.from_pretrained(spec.model, dtype=dtype)
-            processor = Sam3Processor.from_pretrained(spec.model)
+            detector, det_info = Sam3Model.from_pretrained(spec.model, dtype=dtype, output_loading_info=True)
         except (OSError, ValueError) as exc:
-            raise _load_error("detector (Sam3Model)", spec.model, exc) from exc
+            raise _load_error(det_what, spec.model, exc) from exc
+        _check_complete(det_what, spec.model, det_info)
         try:
-            tracker = Sam3TrackerModel.from_pretrained(tracker_src, dtype=dtype)
+            tracker, trk_info = Sam3TrackerModel.from_pretrained(tracker_src, dtype=dtype, output_loading_info=True)
+        except (OSError, ValueError) as exc:
+            raise _load_error(trk_what, tracker_src, exc) from exc
+        _check_complete(trk_what, tracker_src, trk_info)
+        try:
+            processor = Sam3Processor.from_pretrained(spec.model)
             tracker_processor = Sam3TrackerProcessor.from_pretrained(tracker_src)
         except (OSError, ValueError) as exc:
-            raise _load_error("tracker (Sam3TrackerModel)", tracker_src, exc) from exc
+            raise _load_error("processors", f"{spec.model} / {tracker_src}", exc) from exc
         return cls(
             detector.to(device),
             processor,
