@@ -164,6 +164,9 @@ def test_server_backed_by_the_tiny_model(chat_server, aerial_rgb):
     g = build_grounder(
         BackendSpec("openai", TINY_SERVED_MODEL, {"base_url": chat_server.base_url, "max_tokens": 32, "timeout": 30})
     )
+    from geoseg.protocols import Grounder
+
+    assert isinstance(g, Grounder)
     out = g.ground(aerial_rgb, "the largest tree crown")
     assert chat_server.generated and out.raw_text == chat_server.generated[0]
     assert isinstance(out, Grounding)  # random tokens: usually no box, the text is kept

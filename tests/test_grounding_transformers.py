@@ -102,7 +102,10 @@ def test_model_loads_once_per_instance(tiny_grounder: TransformersGrounder, aeri
 
 def test_build_grounder_tiny_and_transformers(tiny_grounder_dir: Path, aerial_rgb):
     g = build_grounder(BackendSpec("tiny", str(tiny_grounder_dir), {"prompt_form": "think2seg"}))
+    from geoseg.protocols import Grounder
+
     assert isinstance(g, TransformersGrounder) and g.meaningless and g.max_new_tokens == 32
+    assert isinstance(g, Grounder)
     assert g.prompt_form == "think2seg"
     assert isinstance(g.ground(aerial_rgb, "all the trees"), Grounding)
     t = build_grounder(BackendSpec("transformers", str(tiny_grounder_dir), {"max_new_tokens": 8}))
