@@ -197,8 +197,12 @@ def judge_one(backend: Any, image: np.ndarray, gt: np.ndarray, pred: np.ndarray,
 
 def judge_run(run: Any, backend: Any, *, limit: int | None = None, model: str = "",
               progress: Callable[[int, int], None] | None = None) -> list[JudgeRecord]:
-    """Judge the samples of an :class:`~geoseg.evaluation.harness.EvalRun` (first ``limit`` of them)."""
-    outcomes = list(run.outcomes)[: limit if limit is not None else None]
+    """Judge the samples of an :class:`~geoseg.evaluation.harness.EvalRun`; with ``limit``, that many samples
+    evenly spaced over the run (so every domain and level of a sorted benchmark gets some)."""
+    outcomes = list(run.outcomes)
+    if limit is not None and limit < len(outcomes):
+        picks = sorted({int(round(i)) for i in np.linspace(0, len(outcomes) - 1, max(0, int(limit)))})
+        outcomes = [outcomes[i] for i in picks]
     records = []
     for i, o in enumerate(outcomes, 1):
         s = run.sample(o.sample_id)

@@ -54,7 +54,7 @@ def _pct(v: float) -> str:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join("-" if c is None else str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -195,6 +195,9 @@ def _gallery(run: EvalRun, gallery_dir: Path, n: int) -> list[tuple[str, Path, A
     for i, (kind, o) in enumerate(picks):
         s = run.sample(o.sample_id)
         comp = composite(s.load_image(), s.load_mask(), run.load_prediction(o))
+        scale = max(1, 256 // max(comp.shape[:2]))  # small benchmark images are blown up (nearest) to be seen
+        if scale > 1:
+            comp = comp.repeat(scale, axis=0).repeat(scale, axis=1)
         p = gallery_dir / f"{kind}_{i:02d}_{o.sample_id}.png".replace("/", "_")
         Image.fromarray(comp).save(p)
         out.append((kind, p, o))
