@@ -262,3 +262,12 @@ def test_batched_ground_many(tiny_grounder_dir: Path, aerial_rgb):
 def test_ground_many_load_failure_fails_every_item(tmp_path: Path):
     out = TransformersGrounder(str(tmp_path / "missing")).ground_many([(np.zeros((8, 8, 3), np.uint8), "a")] * 2)
     assert len(out) == 2 and all(isinstance(o, GrounderLoadError) for o in out)
+
+
+def test_device_map_without_accelerate_is_a_clear_error(tiny_grounder_dir: Path):
+    from geoseg.grounding.transformers_backend import _accelerate_available
+
+    if _accelerate_available():
+        pytest.skip("accelerate is installed")
+    with pytest.raises(GrounderLoadError, match="accelerate.*device_map"):
+        TransformersGrounder(str(tiny_grounder_dir), device_map="cpu").load()

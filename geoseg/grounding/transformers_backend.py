@@ -43,6 +43,12 @@ def as_rgb_uint8(image: Any) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _accelerate_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("accelerate") is not None
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed through."""
     if device != "auto":
@@ -81,6 +87,7 @@ class TransformersGrounder:
         trust_remote_code: bool = False,
         processor_kwargs: dict[str, Any] | None = None,
         require_gpu: bool = False,
+        device_map: str | None = None,
         batch_size: int = 1,
         meaningless: bool = False,
     ) -> None:
@@ -100,6 +107,9 @@ class TransformersGrounder:
             raise ValueError(f"pixel_frame must be one of {PIXEL_FRAMES}, got {pixel_frame!r}")
         self.pixel_frame = pixel_frame
         self.device_option = device
+        #: passed to from_pretrained (e.g. "auto" to spread a model over several GPUs; needs `accelerate`). When
+        #: None, a CUDA device loads with device_map=<device> if accelerate is installed, else loads then moves.
+        self.device_map = device_map
         self.dtype_option = dtype
         self.system_prompt = bool(system_prompt)
         self.trust_remote_code = bool(trust_remote_code)
@@ -130,6 +140,8 @@ class TransformersGrounder:
             f"The paper profile ({PAPER_GROUNDER}) needs those weights (~66 GB in bf16) and a GPU with about 80 GB "
             "of memory; use the tiny profile to run the code path on a CPU."
         )
+        if "accelerate" in str(exc):
+            hint = "Install `accelerate` in this environment, or leave the device_map option unset."
         return GrounderLoadError(f"cannot load the grounder model from {where}: {type(exc).__name__}: {exc}. {hint}")
 
     def load(self) -> None:
@@ -158,12 +170,15 @@ class TransformersGrounder:
                     self.model_id, trust_remote_code=self.trust_remote_code, **self.processor_kwargs
                 )
                 kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.trust_remote_code}
-                if device.startswith("cuda"):
-                    kwargs["device_map"] = device
+                device_map = self.device_map
+                if device_map is None and device.startswith("cuda") and _accelerate_available():
+                    device_map = device  # load the shards straight onto the GPU
+                if device_map is not None:
+                    kwargs["device_map"] = device_map
                 model = AutoModelForImageTextToText.from_pretrained(self.model_id, **kwargs)
             except (OSError, ValueError, KeyError, ImportError) as exc:
                 raise self._load_error(exc) from exc
-            if not device.startswith("cuda"):
+            if device_map is None:
                 model = model.to(device)
             model.eval()
             self._processor, self._model, self._device = processor, model, device
