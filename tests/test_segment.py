@@ -151,23 +151,64 @@ def test_spec_errors(tmp_path, tiny_sam3_dir):
         build_segmenter(BackendSpec("sam3-transformers"))
 
 
-def test_checkpoint_with_missing_tracker_weights_is_refused(tmp_path, tiny_sam3_dir):
-    """A checkpoint that does not hold the tracker in Sam3TrackerModel's key layout (here a tiny Sam3VideoModel
-    save) would leave the point decoder random: loading refuses it instead of producing silent nonsense masks."""
+@pytest.fixture(scope="module")
+def video_checkpoint(tmp_path_factory, tiny_sam3_dir):
+    """The tiny detector + tracker saved as one ``Sam3VideoModel`` repo, the layout of a combined SAM3 checkpoint."""
     import json
 
-    from transformers import Sam3VideoConfig, Sam3VideoModel
+    from transformers import Sam3Processor, Sam3TrackerModel, Sam3VideoConfig, Sam3VideoModel
 
     det = json.loads((tiny_sam3_dir / "detector" / "config.json").read_text())
     trk = json.loads((tiny_sam3_dir / "tracker" / "config.json").read_text())
     trk["model_type"] = "sam3_tracker_video"
-    Sam3VideoModel(Sam3VideoConfig(detector_config=det, tracker_config=trk)).save_pretrained(tmp_path / "video")
+    cfg = Sam3VideoConfig(detector_config=det, tracker_config=trk)
+    cfg.image_size = det["vision_config"]["backbone_config"]["image_size"]  # propagates to the nested configs
+    video = Sam3VideoModel(cfg)
+    tiny = build_segmenter(BackendSpec("tiny", options={"cache_dir": str(tiny_sam3_dir.parent)}))
+    video.detector_model.load_state_dict(tiny.detector.state_dict())
+    src = Sam3TrackerModel.from_pretrained(tiny_sam3_dir / "tracker")
+    video.tracker_neck.load_state_dict(src.vision_encoder.neck.state_dict())
+    own = video.tracker_model.state_dict()
+    video.tracker_model.load_state_dict({k: v for k, v in src.state_dict().items() if k in own}, strict=False)
+    out = tmp_path_factory.mktemp("sam3video")
+    video.save_pretrained(out)
+    Sam3Processor.from_pretrained(tiny_sam3_dir / "detector").save_pretrained(out)
+    return out
+
+
+def test_combined_video_checkpoint_loads_both_halves(video_checkpoint, tiny_segmenter, aerial_rgb):
+    """One repo for both halves (as facebook/sam3): the tracker is assembled completely, and the masks equal those
+    of the separately saved tiny models holding the same weights."""
+    from transformers import Sam3TrackerModel
+
+    _, info = Sam3TrackerModel.from_pretrained(video_checkpoint, output_loading_info=True)
+    assert info["missing_keys"]  # what transformers' own loader leaves random on this layout
+    seg = build_segmenter(BackendSpec("sam3-transformers", str(video_checkpoint), {"device": "cpu"}))
+    assert seg.tracker.vision_encoder.backbone is seg.detector.vision_encoder.backbone
+    crop = aerial_rgb[30:130, 200:330]
+    pts = np.array([[20.0, 30.0], [100.0, 60.0]])
+    s1, s2 = seg.set_image(crop), tiny_segmenter.set_image(crop)
+    assert np.array_equal(seg.predict_points(s1, pts), tiny_segmenter.predict_points(s2, pts))
+    assert np.array_equal(seg.predict_text(s1, "tree"), tiny_segmenter.predict_text(s2, "tree"))
+
+
+def test_missing_weights_are_refused(tmp_path, tiny_sam3_dir):
+    """A checkpoint that would leave weights random is refused instead of producing silent nonsense masks."""
+    from transformers import Sam3TrackerModel
+
+    m = Sam3TrackerModel.from_pretrained(tiny_sam3_dir / "tracker")
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("mask_decoder.")}
+    from safetensors.torch import save_file
+
+    (tmp_path / "trk").mkdir()
+    m.config.save_pretrained(tmp_path / "trk")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "trk" / "model.safetensors"))
     with pytest.raises(RuntimeError, match="missing .* weights"):
         build_segmenter(
             BackendSpec(
                 "sam3-transformers",
                 str(tiny_sam3_dir / "detector"),
-                {"tracker_model": str(tmp_path / "video"), "device": "cpu"},
+                {"tracker_model": str(tmp_path / "trk"), "device": "cpu"},
             )
         )
 

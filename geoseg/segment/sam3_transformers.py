@@ -74,6 +74,38 @@ def _check_complete(what: str, source: str, info: dict[str, Any]) -> None:
         )
 
 
+def _is_video_checkpoint(source: str) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source).model_type == "sam3_video"
+    except (OSError, ValueError):
+        return False
+
+
+def tracker_from_video_checkpoint(source: str, dtype: Any = None) -> tuple[Any, dict[str, Any]]:
+    """A ``Sam3TrackerModel`` assembled from a ``sam3_video`` checkpoint (detector + tracker in one repo).
+
+    ``Sam3TrackerModel.from_pretrained`` maps only part of such a checkpoint in transformers 5.23 (measured on a tiny
+    ``Sam3VideoModel`` save: the prompt encoder and mask decoder stay random). ``Sam3VideoModel`` loads its own
+    checkpoint completely, so the tracker is assembled from it: the point decoder and prompt encoder from
+    ``tracker_model``, the FPN neck from ``tracker_neck`` and the ViT backbone from the detector, which is exactly the
+    split of the released model. Returns the tracker and a loading-info dict (``missing_keys`` must end up empty).
+    """
+    from transformers import Sam3TrackerModel, Sam3VideoModel
+
+    video = Sam3VideoModel.from_pretrained(source, dtype=dtype)
+    tracker = Sam3TrackerModel(video.config).to(dtype=next(video.parameters()).dtype)
+    state = dict(video.tracker_model.state_dict())
+    state.update({f"vision_encoder.neck.{k}": v for k, v in video.tracker_neck.state_dict().items()})
+    backbone = video.detector_model.vision_encoder.backbone.state_dict()
+    state.update({f"vision_encoder.backbone.{k}": v for k, v in backbone.items()})
+    wanted = tracker.state_dict().keys()
+    result = tracker.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=False)
+    del video
+    return tracker.eval(), {"missing_keys": list(result.missing_keys), "assembled_from": "sam3_video"}
+
+
 @dataclass
 class Sam3ImageState:
     """The encoding of one crop: backbone tokens plus lazily built neck features for each head."""
@@ -173,6 +205,8 @@ class Sam3TransformersSegmenter:
             tracker, trk_info = Sam3TrackerModel.from_pretrained(tracker_src, dtype=dtype, output_loading_info=True)
         except (OSError, ValueError) as exc:
             raise _load_error(trk_what, tracker_src, exc) from exc
+        if trk_info.get("missing_keys") and _is_video_checkpoint(tracker_src):
+            tracker, trk_info = tracker_from_video_checkpoint(tracker_src, dtype)
         _check_complete(trk_what, tracker_src, trk_info)
         try:
             processor = Sam3Processor.from_pretrained(spec.model)
