@@ -4,7 +4,9 @@ One crop, one vision encoding. In the released ``facebook/sam3`` checkpoint the 
 Perception-Encoder ViT backbone and differ only in their FPN necks (transformers' ``sam3_tracker`` weight mapping
 loads ``detector_model.vision_encoder.backbone.*`` into the tracker's backbone). So this backend:
 
-1. checks at load time that the two backbones hold identical weights, then ties them to one module;
+1. loads both halves completely (a checkpoint that would leave weights random is refused; from a combined
+   ``sam3_video`` checkpoint the tracker is assembled, see ``tracker_from_video_checkpoint``), checks that the two
+   backbones hold identical weights, then ties them to one module;
 2. ``set_image(crop)`` runs the image processor and the backbone ViT once, keeping ``last_hidden_state``;
 3. ``predict_text`` feeds the detector neck's output as ``vision_embeds=`` (``Sam3VisionEncoderOutput``) to
    ``Sam3Model.forward``; ``predict_points`` feeds the tracker neck's output, prepared exactly like
