@@ -88,6 +88,12 @@ def _count(rt: Any, model: Any, *where: Any) -> int:
         return int(s.execute(q).scalar_one())
 
 
+def _count_predictions(rt: Any, mv: str) -> int:
+    from storage.models import Prediction
+
+    return _count(rt, Prediction, Prediction.model_version == mv, Prediction.error.is_(None))
+
+
 def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -198,6 +204,135 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  item {item_id}: {msg}", err=True)
         if rep.meaningless:
             typer.secho(f"note: {TINY_MODEL_WARNING}", fg="yellow", err=True)
+
+    @app.command("push")
+    def push(
+        profile: str = typer.Option("tiny", "--profile", "-p", help="Whose predictions: the profile's model version."),
+        model_version: str | None = typer.Option(None, "--model-version", help="Push this model version instead."),
+        project: str | None = typer.Option(None, "--project", help="Label Studio project title."),
+        batch_size: int = typer.Option(200, "--batch-size", min=1, help="Tasks per bulk import request."),
+        data_dir: Path | None = _DATA_DIR,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Push predictions to Label Studio as tasks with pre-labels (idempotent)."""
+        from flows.labeling_flows import push_flow
+        from flows.preannotate import model_version_of
+        from flows.runtime import open_runtime, settings_from
+        from storage.models import LabelTask
+
+        ov = overrides_for(data_dir)
+        rt = open_runtime(settings_from(ov))
+        mv = model_version or model_version_of(profile)
+        # the bar: tasks recorded in the database out of this model version's successful predictions
+        rep = run_with_progress(
+            f"pushing ({mv})",
+            _count_predictions(rt, mv),
+            lambda: _count(rt, LabelTask),
+            lambda: push_flow(
+                profile, settings_overrides=ov, model_version=mv, project_title=project, batch_size=batch_size
+            ),
+        )
+        if as_json:
+            _print_json(rep.to_dict())
+            return
+        typer.echo(
+            f"{rep.label_studio_url}/projects/{rep.ls_project_id}: {rep.pushed} new task(s), {rep.reconciled} "
+            f"reconciled, {rep.updated} updated, {len(rep.failed)} failed "
+            f"({rep.requests} requests, {rep.seconds:.1f} s)"
+        )
+        for item_id, msg in rep.failed[:10]:
+            typer.echo(f"  item {item_id}: {msg}", err=True)
+
+    @app.command("sync")
+    def sync(
+        project: str | None = typer.Option(None, "--project", help="Label Studio project title."),
+        full: bool = typer.Option(False, "--full", help="Re-read every task, not only those since the watermark."),
+        data_dir: Path | None = _DATA_DIR,
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Bring annotations back from Label Studio (verdicts, masks, triplets)."""
+        from flows.labeling_flows import sync_flow
+
+        with _console().status("syncing annotations ..."):
+            rep = sync_flow(settings_overrides=overrides_for(data_dir), project_title=project, full=full)
+        if as_json:
+            _print_json(rep.to_dict())
+            return
+        typer.echo(
+            f"{rep.tasks_seen} task(s) read, {rep.upserted} annotation(s) stored, {rep.retracted} retracted, "
+            f"{len(rep.malformed)} malformed; watermark {rep.watermark}"
+        )
+        for ann_id, msg in rep.malformed[:10]:
+            typer.echo(f"  annotation {ann_id}: {msg}", err=True)
+
+    @app.command("cycle")
+    def cycle(
+        source: str | None = typer.Option(None, "--source", help="Imagery to ingest first (with --queries)."),
+        queries: str | None = typer.Option(None, "--queries", "-q"),
+        profile: str = typer.Option("tiny", "--profile", "-p"),
+        project: str | None = typer.Option(None, "--project", help="Label Studio project title."),
+        data_dir: Path | None = _DATA_DIR,
+    ) -> None:
+        """One label cycle now: (ingest with --source/--queries), preannotate, push, sync."""
+        from flows.cycle import label_cycle_flow
+        from geoseg.types import TINY_MODEL_WARNING
+
+        with _console().status("running one label cycle ..."):
+            rep = label_cycle_flow(
+                source, queries, profile=profile, settings_overrides=overrides_for(data_dir), project_title=project
+            )
+        _print_json(rep.to_dict())
+        if rep.preannotate.meaningless:
+            typer.secho(f"note: {TINY_MODEL_WARNING}", fg="yellow", err=True)
+
+    @app.command("serve")
+    def serve(
+        every_minutes: float = typer.Option(15.0, "--every-minutes", help="Label cycle interval."),
+        export_cron: str = typer.Option("0 2 * * *", "--export-cron", help="Nightly COCO export schedule (cron)."),
+        timezone: str = typer.Option("UTC", "--timezone"),
+        profile: str = typer.Option("tiny", "--profile", "-p"),
+        source: str | None = typer.Option(None, "--source", help="Imagery the cycle ingests each time."),
+        queries: str | None = typer.Option(None, "--queries", "-q"),
+        project: str | None = typer.Option(None, "--project"),
+        export_dir: str | None = typer.Option(None, "--export-dir"),
+        data_dir: Path | None = _DATA_DIR,
+    ) -> None:
+        """Serve the deployments (label cycle every N minutes, nightly export) until Ctrl-C."""
+        from flows.serve import ServeConfig, serve_deployments
+
+        cfg = ServeConfig(
+            every_minutes=every_minutes,
+            export_cron=export_cron,
+            timezone=timezone,
+            profile=profile,
+            source=source,
+            queries=queries,
+            project_title=project,
+            export_dir=export_dir,
+            settings_overrides=overrides_for(data_dir) or None,
+        )
+        if not os.environ.get("PREFECT_API_URL"):
+            typer.secho(
+                "note: no PREFECT_API_URL: serving against a temporary local Prefect API that ends with this process; "
+                "run `prefect server start` and export PREFECT_API_URL for schedules that outlive it",
+                fg="yellow",
+                err=True,
+            )
+        serve_deployments(cfg)
+
+    @app.command("demo")
+    def demo(
+        data_dir: Path | None = _DATA_DIR,
+        start_label_studio: bool = typer.Option(
+            True, "--start-label-studio/--no-start-label-studio", help="Start a local Label Studio if none answers."
+        ),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """The whole loop on embedded defaults over real aerial imagery (tiny models, simulated annotator)."""
+        from flows.demo import print_summary, run_demo
+
+        res = run_demo(data_dir, start_label_studio=start_label_studio, seed=seed, echo=typer.echo)
+        print_summary(res, echo=typer.echo)
 
     @app.command("status")
     def status(

@@ -12,8 +12,10 @@
 * Masks go to the blob store (``storage.maskcodec``), the prediction rows to the database
   (``repo.upsert_predictions``). Killed at any point and re-run, it predicts only what is missing.
 
-Models: ``profile`` is "tiny", "paper" or a profile file (``geoseg.profiles.load_profile``), or a name registered with
-:func:`register_pipeline_factory` (benchmarks and tests register orchestration-only pipelines this way). Tiny-model
+Models: ``profile`` is "tiny", "paper" or a profile file (``geoseg.profiles.load_profile``), a name registered with
+:func:`register_pipeline_factory` in this process, or ``py:package.module:function`` naming a zero-argument factory
+that returns a ``GeoSegPipeline`` (resolved in whichever process runs the flow: deployments, workers). Benchmarks and
+tests use the last two for orchestration-only pipelines. Tiny-model
 masks are meaningless (``geoseg.types.TINY_MODEL_WARNING``); the report says so.
 """
 
@@ -47,6 +49,23 @@ def register_pipeline_factory(name: str, factory: Callable[[], Any]) -> None:
     _pipelines.pop(name, None)
 
 
+def _factory_from_path(profile: str) -> Callable[[], Any]:
+    """``py:package.module:function`` -> that function (a zero-argument pipeline factory)."""
+    import importlib
+
+    spec = profile[3:]
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"profile {profile!r}: expected py:package.module:function")
+    try:
+        fn = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"profile {profile!r}: cannot import {spec}: {exc}") from exc
+    if not callable(fn):
+        raise ValueError(f"profile {profile!r}: {spec} is not callable")
+    return fn
+
+
 def get_pipeline(profile: str) -> Any:
     """The process-wide pipeline for ``profile``, built (and its models loaded) once."""
     with _pipelines_lock:
@@ -54,6 +73,8 @@ def get_pipeline(profile: str) -> Any:
         if p is None:
             if profile in _factories:
                 p = _factories[profile]()
+            elif profile.startswith("py:"):
+                p = _factory_from_path(profile)()
             else:
                 from geoseg.pipeline import GeoSegPipeline
                 from geoseg.profiles import load_profile
@@ -64,7 +85,7 @@ def get_pipeline(profile: str) -> Any:
 
 
 def model_version_of(profile: str) -> str:
-    if profile in _factories:
+    if profile in _factories or profile.startswith("py:"):
         return get_pipeline(profile).model_version
     from geoseg.profiles import load_profile
 
