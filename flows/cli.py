@@ -44,7 +44,7 @@ def _register() -> None:
 
 
 # Modules that add commands. Keep imports inside commands lazy: `geolabel --help` must stay fast.
-_COMMAND_MODULES: list[str] = ["flows.cli_db", "flows.cli_predict", "flows.cli_datasets", "flows.cli_flows"]
+_COMMAND_MODULES: list[str] = ["flows.cli_db", "flows.cli_predict", "flows.cli_datasets", "flows.cli_flows", "flows.cli_labelstudio"]
 
 
 def main(argv: list[str] | None = None) -> None:

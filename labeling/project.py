@@ -1,0 +1,104 @@
+"""Label Studio project setup for GeoSeg verification, idempotent.
+
+The labeling config (``geoseg_config.xml``) shows the annotator query as text, the image, a ``BrushLabels`` tag for
+the target mask and a required verdict choice: accept / no target / reject. Its tag names are the contract with push
+and sync (:data:`MASK_FROM`, :data:`IMAGE_TO`, :data:`VERDICT_FROM`, :data:`TARGET_LABEL`).
+
+:func:`ensure_project` finds the project recorded in the database (``LabelProject``) or, failing that, one with the
+same title in Label Studio, and only creates a project when neither exists; the Label Studio project id is recorded in
+the database either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from labeling.client import LabelStudioClient, LabelStudioError, LabelStudioRequestError
+from storage import repo
+from storage.models import LabelProject
+
+MASK_FROM = "mask"
+IMAGE_TO = "image"
+VERDICT_FROM = "verdict"
+TARGET_LABEL = "target"
+#: Label Studio choice value -> storage.models.Verdict value
+VERDICT_CHOICES = {"accept": "accept", "no target": "no_target", "reject": "reject"}
+DEFAULT_TITLE = "GeoSeg verification"
+
+
+def label_config() -> str:
+    return resources.files("labeling").joinpath("geoseg_config.xml").read_text()
+
+
+@dataclass(frozen=True)
+class ProjectHandle:
+    """A Label Studio project and its row in the database."""
+
+    label_project_id: int
+    ls_project_id: int
+    title: str
+    url: str
+    created: bool = False
+
+
+def _norm(xml: str) -> str:
+    return "".join(xml.split())
+
+
+def ensure_project(
+    client: LabelStudioClient,
+    session: Session,
+    title: str = DEFAULT_TITLE,
+    *,
+    imagery_root: str | Path | None = None,
+    description: str = "Verify GeoSeg pre-labels: correct the mask, then choose accept / no target / reject.",
+) -> ProjectHandle:
+    """Find or create the verification project; record it in the database (commit is the caller's)."""
+    title = title.strip()
+    if len(title) < 3:
+        raise ValueError(f"project title must have at least 3 characters, got {title!r}")
+    config = label_config()
+    project = None
+    for row in session.scalars(
+        sa.select(LabelProject)
+        .where(LabelProject.label_studio_url == client.url, LabelProject.title == title)
+        .order_by(LabelProject.id)
+    ):
+        try:
+            project = client.get_project(row.ls_project_id)
+            break
+        except LabelStudioRequestError as exc:
+            if exc.status_code != 404:
+                raise
+    if project is None:
+        matches = [p for p in client.projects(title=title) if p.get("title") == title]
+        project = min(matches, key=lambda p: p["id"]) if matches else None
+    created = project is None
+    if created:
+        project = client.create_project(title, config, description)
+    elif _norm(project.get("label_config", "")) != _norm(config):
+        try:
+            project = client.update_project(project["id"], label_config=config)
+        except LabelStudioError as exc:
+            raise LabelStudioError(
+                f"project {project['id']} ({title!r}) has a different labeling config that Label Studio refused to "
+                f"update (existing annotations may use other tags): {exc}"
+            ) from exc
+    pid = int(project["id"])
+    if imagery_root is not None:
+        _ensure_local_storage(client, pid, Path(imagery_root))
+    row_id = repo.upsert_label_project(session, client.url, pid, title)
+    return ProjectHandle(label_project_id=row_id, ls_project_id=pid, title=title, url=client.url, created=created)
+
+
+def _ensure_local_storage(client: LabelStudioClient, project_id: int, root: Path) -> None:
+    """Label Studio serves ``/data/local-files/`` only below a local storage of the project."""
+    path = str(root.expanduser().resolve())
+    if any(s.get("path") == path for s in client.local_storages(project_id)):
+        return
+    client.create_local_storage(project_id, path, title="geolabel imagery")
