@@ -451,3 +451,52 @@ def test_path_helpers_do_not_leak_token(labelstudio_server, caplog):
     labelstudio_server.client.whoami()
     assert labelstudio_server.token not in caplog.text
     assert isinstance(Path(labelstudio_server.server.log_file), Path)
+
+
+# --- S3 images: presigned URLs against a real moto_server ------------------------------------------------------------
+
+
+def test_push_s3_images_as_presigned_urls(ls_project, s3_client, s3_bucket):
+    import io
+
+    p = ls_project
+    rng = np.random.default_rng(5)
+    buf = io.BytesIO()
+    PILImage.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    s3_client.put_object(Bucket=s3_bucket, Key="scenes/a.png", Body=buf.getvalue())
+    uri = f"s3://{s3_bucket}/scenes/a.png"
+    image_id = repo.upsert_image(p.session, ImageRecord(sha256="a" * 64, uri=uri, width=64, height=48))
+    item_id = repo.upsert_item(p.session, ItemRecord(image_id=image_id, query="the roof"))
+    mask = _blob(48, 64, 24, 32, 10)
+    repo.upsert_prediction(
+        p.session,
+        PredictionRecord(item_id=item_id, model_version=MV, mask_sha256=p.blobs.put(encode_mask(mask)), score=0.9),
+    )
+    p.session.commit()
+    resolver = ImageUrlResolver.for_server(p.ls.server, s3_client=s3_client, presign_expires=600)
+    rep = push_predictions(p.ls.client, p.session, p.blobs, p.handle, MV, image_url=resolver)
+    assert rep.pushed == 1
+    (task,) = list(p.ls.client.iter_tasks(p.handle.ls_project_id))
+    url = task["data"]["image"]
+    assert url.startswith(s3_client.meta.endpoint_url) and "Signature" in url
+    got = httpx.get(url)
+    assert got.status_code == 200 and got.content == buf.getvalue()  # what the annotator's browser will load
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_status_names_token_variable_only(labelstudio_server, monkeypatch, capsys):
+    from flows.cli import main
+
+    root = labelstudio_server.server.root
+    assert root.name == "labelstudio"
+    monkeypatch.setenv("GEOLABEL_DATA_DIR", str(root.parent))
+    monkeypatch.setenv("GEOLABEL_IMAGERY_ROOTS", str(labelstudio_server.imagery_root))
+    try:
+        main(["labelstudio", "status"])
+    except SystemExit as ex:
+        assert ex.code in (0, None)
+    out = capsys.readouterr().out
+    assert "1.23" in out and labelstudio_server.url in out and "LABEL_STUDIO_USER_TOKEN" in out
+    assert labelstudio_server.token not in out
