@@ -1,0 +1,411 @@
+"""Query intake in Label Studio: annotators browse ingested imagery and write the queries, the label cycle pulls them.
+
+The intake project (:data:`INTAKE_CONFIG`) shows one image per task with a ``TextArea`` for one or more queries (one per
+line, or one per text box) and optional single choices for the level (L1/L2/L3) and the domain
+(Urban/Rural/Traffic/Nature). Tasks carry ``data = {image, image_sha256, image_id}``.
+
+* :func:`ensure_intake_project` finds or creates the project (recorded as a ``LabelProject`` row).
+* :func:`create_intake_tasks` imports one task per registered image not in the project yet (idempotent: the project's
+  tasks are listed and matched by ``data.image_sha256``).
+* :func:`pull_queries` reads every intake task with its annotations and makes storage ``Item`` rows of the queries.
+
+Idempotence and normalisation: a query is NFKC-normalised and its whitespace collapsed (:func:`normalise_query`);
+two queries on the same image with the same :func:`query_key` (the normalised text, case-folded) are one item, also
+when an item with that text came from a CSV ingest. Several annotations (annotators) of a task contribute the union
+of their queries; a cancelled (skipped) annotation contributes nothing. The level/domain of the newest annotation
+naming a query are written to the item (metadata only: they do not change predictions).
+
+Edits and deletions. Each intake task keeps a ledger in its Label Studio ``meta`` (``meta.geolabel.items``:
+query key -> item id) of the items it produced, written after the database commit. On every pull the current queries
+are compared with the ledger; a query that disappeared (the annotator deleted it, or edited its text: an edit is the
+old text gone plus the new text added) is *withdrawn from intake*:
+
+* an item with no prediction, no Label Studio review task and no annotation (status ``new``) is deleted: nothing was
+  done on it yet, so nothing is lost;
+* an item that already has predictions or a review task is **kept** with all of its work (predictions, review task,
+  annotations, triplets are never deleted by intake); the pull report lists it under ``kept`` so that a person can
+  reject it in the review project if the query was wrong. It leaves the ledger, so it is reported once.
+
+Deleting a whole intake task deletes its ledger too: its items are then left as they are (no deletion). Malformed
+annotations (a level outside L1-L3, an over-long query) are reported per annotation and the pull goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from labeling.client import LabelStudioClient, LabelStudioError, LabelStudioRequestError
+from labeling.project import ProjectHandle
+from storage import repo
+from storage.models import Annotation, Image, Item, LabelProject, LabelTask, Prediction
+from storage.records import LEVELS, MAX_QUERY_CHARS, ItemRecord
+
+log = logging.getLogger(__name__)
+
+QUERIES_FROM = "queries"
+LEVEL_FROM = "level"
+DOMAIN_FROM = "domain"
+IMAGE_TO = "image"
+DOMAINS = ("Urban", "Rural", "Traffic", "Nature")
+DEFAULT_INTAKE_TITLE = "GeoSeg query intake"
+META_KEY = "geolabel"
+
+INTAKE_CONFIG = f"""<View>
+  <Header value="Write one or more queries for this image: one per line (what should be segmented?)"/>
+  <Image name="{IMAGE_TO}" value="$image" zoom="true" zoomControl="true"/>
+  <TextArea name="{QUERIES_FROM}" toName="{IMAGE_TO}" editable="true" rows="3" maxSubmissions="50"
+            placeholder="e.g. the largest building next to the roundabout"/>
+  <Header value="Level (optional)"/>
+  <Choices name="{LEVEL_FROM}" toName="{IMAGE_TO}" choice="single" showInline="true">
+    {"".join(f'<Choice value="{lv}"/>' for lv in LEVELS)}
+  </Choices>
+  <Header value="Domain (optional)"/>
+  <Choices name="{DOMAIN_FROM}" toName="{IMAGE_TO}" choice="single" showInline="true">
+    {"".join(f'<Choice value="{d}"/>' for d in DOMAINS)}
+  </Choices>
+</View>
+"""
+
+_WS = re.compile(r"\s+")
+
+
+class MalformedIntakeError(ValueError):
+    """An intake annotation whose result cannot be turned into queries."""
+
+
+def normalise_query(text: str) -> str:
+    """NFKC, whitespace runs collapsed to one space, stripped: the text an item is stored with."""
+    if not isinstance(text, str):
+        raise MalformedIntakeError(f"a query must be text, got {type(text).__name__}")
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def query_key(text: str) -> str:
+    """The identity of a query on an image: normalised and case-folded ("Red roofs" == "red  roofs")."""
+    return normalise_query(text).casefold()
+
+
+@dataclass(frozen=True)
+class IntakeQuery:
+    """One query an annotator wrote on an image."""
+
+    query: str
+    level: str | None = None
+    domain: str | None = None
+
+
+def parse_intake_result(result: Iterable[Mapping[str, Any]]) -> list[IntakeQuery]:
+    """The queries of one intake annotation's ``result`` (blank lines dropped, duplicates within it merged)."""
+    texts: list[str] = []
+    level = domain = None
+    for region in result or []:
+        if not isinstance(region, Mapping):
+            raise MalformedIntakeError(f"result entries must be objects, got {type(region).__name__}")
+        name = region.get("from_name")
+        value = region.get("value") or {}
+        if name == QUERIES_FROM:
+            raw = value.get("text")
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, list):
+                raise MalformedIntakeError(f"'{QUERIES_FROM}' text must be a list of strings, got {raw!r}")
+            for entry in raw:
+                if not isinstance(entry, str):
+                    raise MalformedIntakeError(f"'{QUERIES_FROM}' text must be strings, got {entry!r}")
+                texts.extend(entry.splitlines())
+        elif name in (LEVEL_FROM, DOMAIN_FROM):
+            choices = value.get("choices") or []
+            if len(choices) > 1:
+                raise MalformedIntakeError(f"'{name}' must be a single choice, got {choices}")
+            if choices:
+                if name == LEVEL_FROM:
+                    lv = str(choices[0]).strip().upper()
+                    if lv not in LEVELS:
+                        raise MalformedIntakeError(f"level must be one of {LEVELS}, got {choices[0]!r}")
+                    level = lv
+                else:
+                    dom = str(choices[0]).strip()
+                    if dom not in DOMAINS:
+                        raise MalformedIntakeError(f"domain must be one of {DOMAINS}, got {choices[0]!r}")
+                    domain = dom
+    out: dict[str, IntakeQuery] = {}
+    for t in texts:
+        q = normalise_query(t)
+        if not q:
+            continue
+        if len(q) > MAX_QUERY_CHARS:
+            raise MalformedIntakeError(f"a query is longer than {MAX_QUERY_CHARS} characters: {q[:60]!r}...")
+        out.setdefault(query_key(q), IntakeQuery(q, level, domain))
+    return list(out.values())
+
+
+def intake_result(queries: Iterable[str], level: str | None = None, domain: str | None = None) -> list[dict[str, Any]]:
+    """An intake annotation result as Label Studio stores it (what an annotator's submit sends); tests and scripts."""
+    res: list[dict[str, Any]] = [
+        {
+            "from_name": QUERIES_FROM,
+            "to_name": IMAGE_TO,
+            "type": "textarea",
+            "value": {"text": [str(q) for q in queries]},
+        }
+    ]
+    for name, v in ((LEVEL_FROM, level), (DOMAIN_FROM, domain)):
+        if v is not None:
+            res.append({"from_name": name, "to_name": IMAGE_TO, "type": "choices", "value": {"choices": [v]}})
+    return res
+
+
+# --- project and tasks ----------------------------------------------------------------------------------------------
+
+
+def ensure_intake_project(
+    client: LabelStudioClient,
+    session: Session,
+    title: str = DEFAULT_INTAKE_TITLE,
+    *,
+    imagery_root: str | Path | None = None,
+) -> ProjectHandle:
+    """Find (database row, then title) or create the intake project; record it in the database (caller commits)."""
+    title = title.strip()
+    if len(title) < 3:
+        raise ValueError(f"project title must have at least 3 characters, got {title!r}")
+    project = None
+    for row in session.scalars(
+        sa.select(LabelProject)
+        .where(LabelProject.label_studio_url == client.url, LabelProject.title == title)
+        .order_by(LabelProject.id)
+    ):
+        try:
+            project = client.get_project(row.ls_project_id)
+            break
+        except LabelStudioRequestError as exc:
+            if exc.status_code != 404:
+                raise
+    if project is None:
+        matches = [p for p in client.projects(title=title) if p.get("title") == title]
+        project = min(matches, key=lambda p: p["id"]) if matches else None
+    created = project is None
+    if created:
+        project = client.create_project(
+            title, INTAKE_CONFIG, "Write what should be segmented on each image: one query per line."
+        )
+    elif "".join(project.get("label_config", "").split()) != "".join(INTAKE_CONFIG.split()):
+        try:
+            project = client.update_project(project["id"], label_config=INTAKE_CONFIG)
+        except LabelStudioError as exc:
+            raise LabelStudioError(
+                f"project {project['id']} ({title!r}) has another labeling config that Label Studio refused to "
+                f"replace with the intake config: {exc}"
+            ) from exc
+    pid = int(project["id"])
+    if imagery_root is not None:
+        path = str(Path(imagery_root).expanduser().resolve())
+        if not any(s.get("path") == path for s in client.local_storages(pid)):
+            client.create_local_storage(pid, path, title="geolabel imagery")
+    row_id = repo.upsert_label_project(session, client.url, pid, title)
+    return ProjectHandle(label_project_id=row_id, ls_project_id=pid, title=title, url=client.url, created=created)
+
+
+@dataclass
+class IntakeTasksReport:
+    created: int = 0
+    existing: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (image id, reason)
+
+
+def create_intake_tasks(
+    client: LabelStudioClient,
+    session: Session,
+    project: ProjectHandle,
+    image_url: Callable[[str], str],
+    *,
+    image_ids: Iterable[int] | None = None,
+    batch_size: int = 200,
+) -> IntakeTasksReport:
+    """One intake task per registered image (all, or ``image_ids``) that the project does not show yet."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    report = IntakeTasksReport()
+    q = sa.select(Image).order_by(Image.id)
+    if image_ids is not None:
+        q = q.where(Image.id.in_(list(image_ids)))
+    images = list(session.scalars(q))
+    present = {
+        (t.get("data") or {}).get("image_sha256")
+        for t in client.iter_tasks(project.ls_project_id, fields="task_only", page_size=500)
+    }
+    todo: list[dict[str, Any]] = []
+    for img in images:
+        if img.sha256 in present:
+            report.existing += 1
+            continue
+        try:
+            url = image_url(img.uri)
+        except Exception as exc:  # noqa: BLE001 - recorded per image; the others go on
+            report.failed.append((img.id, f"{type(exc).__name__}: {exc}"))
+            continue
+        todo.append({"data": {"image": url, "image_sha256": img.sha256, "image_id": int(img.id)}})
+        present.add(img.sha256)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        report.created += len(client.import_tasks(project.ls_project_id, batch))
+    return report
+
+
+# --- pulling queries ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PullReport:
+    tasks_seen: int = 0
+    queries: int = 0  # distinct (image, query) written in the intake project now
+    items_new: int = 0  # items created by this pull
+    items_updated: int = 0  # level/domain changed
+    deleted: list[tuple[int, str]] = field(default_factory=list)  # (item id, query): withdrawn, nothing done on it
+    kept: list[tuple[int, str, str]] = field(default_factory=list)  # (item id, query, why): withdrawn, work kept
+    malformed: list[tuple[int, str]] = field(default_factory=list)  # (LS annotation id, reason)
+    skipped_tasks: list[tuple[int, str]] = field(default_factory=list)  # (LS task id, reason)
+    item_ids: list[int] = field(default_factory=list)  # the items the intake project holds now
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _ledger(task: Mapping[str, Any]) -> dict[str, int]:
+    meta = task.get("meta") or {}
+    items = (meta.get(META_KEY) or {}).get("items") if isinstance(meta, Mapping) else None
+    if not isinstance(items, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in items.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _task_queries(task: Mapping[str, Any], report: PullReport) -> dict[str, IntakeQuery]:
+    """key -> query, over the task's annotations oldest first (so the newest level/domain wins)."""
+    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    anns.sort(key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), int(a.get("id") or 0)))
+    out: dict[str, IntakeQuery] = {}
+    for ann in anns:
+        try:
+            parsed = parse_intake_result(ann.get("result") or [])
+        except MalformedIntakeError as exc:
+            report.malformed.append((int(ann.get("id") or 0), str(exc)))
+            continue
+        for q in parsed:
+            k = query_key(q.query)
+            prev = out.get(k)
+            out[k] = IntakeQuery(
+                prev.query if prev else q.query,
+                q.level or (prev.level if prev else None),
+                q.domain or (prev.domain if prev else None),
+            )
+    return out
+
+
+def _has_work(session: Session, item_ids: list[int]) -> dict[int, str]:
+    """item id -> why it must be kept (predictions, review tasks, annotations)."""
+    why: dict[int, list[str]] = {}
+    for model, label in ((Prediction, "prediction"), (LabelTask, "review task"), (Annotation, "annotation")):
+        q = sa.select(model.item_id, sa.func.count()).where(model.item_id.in_(item_ids)).group_by(model.item_id)
+        for iid, n in session.execute(q):
+            why.setdefault(iid, []).append(f"{n} {label}(s)")
+    return {k: ", ".join(v) for k, v in why.items()}
+
+
+def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHandle) -> PullReport:
+    """Make items of every query written in the intake project; handle edits/deletions (module docstring).
+
+    Commits the database before writing each task's ledger back to Label Studio, so a crash in between only means the
+    next pull writes the same ledger again.
+    """
+    report = PullReport()
+    tasks = list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200))
+    plans: list[tuple[dict[str, Any], int, dict[str, IntakeQuery], dict[str, int]]] = []
+    shas = {(t.get("data") or {}).get("image_sha256") for t in tasks}
+    q_img = sa.select(Image.sha256, Image.id).where(Image.sha256.in_([s for s in shas if s]))
+    by_sha = dict(session.execute(q_img).tuples().all())
+    for task in tasks:
+        report.tasks_seen += 1
+        sha = (task.get("data") or {}).get("image_sha256")
+        image_id = by_sha.get(sha) if isinstance(sha, str) else None
+        if image_id is None:
+            report.skipped_tasks.append((int(task["id"]), f"image {sha!r} is not registered in this database"))
+            continue
+        plans.append((task, image_id, _task_queries(task, report), _ledger(task)))
+
+    # existing items on these images, by key (a CSV item "Red roof" is the intake query "red  roof")
+    image_ids = sorted({p[1] for p in plans})
+    existing: dict[tuple[int, str], Item] = {}
+    for start in range(0, len(image_ids), 500):
+        for it in session.scalars(sa.select(Item).where(Item.image_id.in_(image_ids[start : start + 500]))):
+            existing.setdefault((it.image_id, query_key(it.query)), it)
+
+    new_records: list[ItemRecord] = []
+    for _task, image_id, queries, _ in plans:
+        for k, q in queries.items():
+            it = existing.get((image_id, k))
+            if it is None:
+                new_records.append(ItemRecord(image_id, q.query, q.level, q.domain))
+            else:
+                lv = q.level or it.level
+                dom = q.domain or it.domain
+                if (lv, dom) != (it.level, it.domain):
+                    it.level, it.domain = lv, dom
+                    report.items_updated += 1
+    if new_records:
+        uniq = {(r.image_id, query_key(r.query)): r for r in new_records}
+        ids = repo.upsert_items(session, list(uniq.values()))
+        report.items_new = len(uniq)
+        session.flush()
+        for (image_id, k), r in uniq.items():
+            it = session.get(Item, ids[(image_id, r.query)])
+            existing[(image_id, k)] = it
+
+    # withdrawn queries: in a task's ledger, no longer written on it
+    withdrawn: dict[int, str] = {}
+    new_ledgers: dict[int, dict[str, int]] = {}
+    for task, image_id, queries, ledger in plans:
+        current = {k: existing[(image_id, k)].id for k in queries}
+        report.queries += len(current)
+        report.item_ids.extend(current.values())
+        for k, iid in ledger.items():
+            if k not in current:
+                withdrawn[iid] = k
+        if current != ledger:
+            new_ledgers[int(task["id"])] = current
+    still_written = set(report.item_ids)  # the same item may still be written on another task of the same image
+    gone = sorted(i for i in withdrawn if i not in still_written)
+    if gone:
+        work = _has_work(session, gone)
+        for iid in gone:
+            item = session.get(Item, iid)
+            if item is None:
+                continue  # deleted by an earlier pull whose ledger write did not happen
+            if iid in work:
+                report.kept.append((iid, item.query, work[iid]))
+            else:
+                report.deleted.append((iid, item.query))
+                session.delete(item)
+    session.commit()
+    for task_id, ledger in new_ledgers.items():
+        task = next(t for t, *_ in plans if int(t["id"]) == task_id)
+        meta = dict(task.get("meta") or {})
+        meta[META_KEY] = {"items": ledger}
+        client.request("PATCH", f"/api/tasks/{task_id}", json_body={"meta": meta})
+    if report.kept:
+        log.warning(
+            "intake: %d withdrawn quer(ies) kept because work exists on them (reject them in review if wrong): %s",
+            len(report.kept),
+            ", ".join(f"item {i}" for i, *_ in report.kept[:10]),
+        )
+    return report
