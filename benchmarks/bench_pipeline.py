@@ -13,6 +13,7 @@ Qwen3-VL grounder for real (its time is reported), but its answers are random an
 item. The tiny models' masks are meaningless; only times and encoder counts are measured.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--rounds 3] [--threads 1] [--grounder tiny|none] [--json out.json]
+        [--sam3-size 112 --sam3-width 32 --sam3-layers 2]   # a larger random SAM3 backbone shows the scaling
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = least noise on a shared box)")
     ap.add_argument("--grounder", choices=("tiny", "none"), default="tiny")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--sam3-size", type=int, default=112, help="SAM3 input side in px (multiple of 56; real: 1008)")
+    ap.add_argument("--sam3-width", type=int, default=32, help="SAM3 ViT width (real: 1024)")
+    ap.add_argument("--sam3-layers", type=int, default=2, help="SAM3 ViT depth (real: 32)")
     args = ap.parse_args(argv)
 
     import torch
@@ -69,15 +73,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     matcher = build_matcher(BackendSpec("tiny"))
-    shared_seg = build_segmenter(BackendSpec("tiny"))
-    sam3 = build_tiny_sam3(model_cache_dir())
-    naive_seg = build_segmenter(
-        BackendSpec(
-            "sam3-transformers",
-            str(sam3 / "detector"),
-            {"tracker_model": str(sam3 / "tracker"), "share_encoding": False, "device": "cpu"},
-        )
+    sam3 = build_tiny_sam3(
+        model_cache_dir(), image_size=args.sam3_size, vit_width=args.sam3_width, vit_layers=args.sam3_layers
     )
+
+    def segmenter(share: bool):
+        opts = {"tracker_model": str(sam3 / "tracker"), "share_encoding": share, "device": "cpu"}
+        return build_segmenter(BackendSpec("sam3-transformers", str(sam3 / "detector"), opts))
+
+    shared_seg, naive_seg = segmenter(True), segmenter(False)
     grounder = None
     if args.grounder == "tiny":
         from geoseg.grounding import build_grounder
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cols = stages + ["stages_2_3", "stages_2_3_median", "encoder_calls_per_item"]
     print(f"# bench_pipeline — tiny models, CPU, torch threads={args.threads}, {n_items} items per variant")
+    print(f"# SAM3 random backbone: {args.sam3_size} px input, ViT width {args.sam3_width}, {args.sam3_layers} layers")
     print(f"# model load {load_s:.1f} s; {TINY_MODEL_WARNING}")
     print("| variant | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": args.rounds,
         "items": n_items,
         "threads": args.threads,
+        "sam3": {"size": args.sam3_size, "width": args.sam3_width, "layers": args.sam3_layers},
         "load_s": load_s,
         "table_ms": table,
         "ratio_naive_over_shared_stages_2_3": ratio,

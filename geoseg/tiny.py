@@ -150,18 +150,18 @@ def _sam3_tokenizer():
     ), vocab
 
 
-def _sam3_vision_config(size: int) -> dict:
+def _sam3_vision_config(size: int, hidden: int = 32, layers: int = 2) -> dict:
     grid = size // 14
     vit = {
         "model_type": "sam3_vit_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
         "num_attention_heads": 2,
         "image_size": size,
         "patch_size": 14,
         "window_size": 4,
-        "global_attn_indexes": [1],
+        "global_attn_indexes": list(range(layers - 1, layers)),
         "pretrain_image_size": size,
     }
     return {
@@ -171,11 +171,19 @@ def _sam3_vision_config(size: int) -> dict:
     }
 
 
-def build_tiny_sam3(root: Path) -> Path:
+def build_tiny_sam3(
+    root: Path, *, image_size: int = SAM3_TINY_IMAGE_SIZE, vit_width: int = 32, vit_layers: int = 2
+) -> Path:
     """Build the tiny SAM3 pair (detector for text prompts, tracker for point prompts) and their processors.
 
-    Returns the directory holding ``detector/`` and ``tracker/``. Idempotent.
+    Returns the directory holding ``detector/`` and ``tracker/``. Idempotent. The keyword arguments size the ViT
+    backbone (the benchmark uses a larger random one to show where the time goes); non-default sizes get their own
+    directory. ``image_size`` must be a multiple of 56 (patch 14, FPN down to 1/2 of the patch grid).
     """
+    if image_size % 56 or image_size < 56 or vit_width % 2 or vit_width < 8 or vit_layers < 1:
+        raise ValueError(f"bad tiny SAM3 size: image_size={image_size}, vit_width={vit_width}, vit_layers={vit_layers}")
+    default = (image_size, vit_width, vit_layers) == (SAM3_TINY_IMAGE_SIZE, 32, 2)
+    dirname = SAM3_DIRNAME if default else f"{SAM3_DIRNAME}_{image_size}px_w{vit_width}_l{vit_layers}"
 
     def build(tmp: Path) -> None:
         import torch
@@ -189,9 +197,9 @@ def build_tiny_sam3(root: Path) -> Path:
             Sam3TrackerProcessor,
         )
 
-        size = SAM3_TINY_IMAGE_SIZE
+        size = image_size
         tokenizer, vocab = _sam3_tokenizer()
-        vision = _sam3_vision_config(size)
+        vision = _sam3_vision_config(size, vit_width, vit_layers)
         small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
         det_cfg = Sam3Config(
             vision_config=vision,
@@ -233,7 +241,7 @@ def build_tiny_sam3(root: Path) -> Path:
         tracker.save_pretrained(tmp / "tracker")
         Sam3TrackerProcessor(image_processor=image_processor).save_pretrained(tmp / "tracker")
 
-    return _build_atomically(Path(root) / SAM3_DIRNAME, build)
+    return _build_atomically(Path(root) / dirname, build)
 
 
 # ---------------------------------------------------------------------------------------------------- all three
