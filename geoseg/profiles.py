@@ -5,7 +5,8 @@
 * grounder: ``Qwen/Qwen3-VL-32B-Instruct`` (transformers, 0-1000 box grid). bf16 weights ≈ 66 GB: one 80 GB GPU
   (A100/H100 80G) holds it with room for the activations of one image; for throughput, serve it with vLLM and use an
   ``openai`` grounder spec instead (a profile file can override just the grounder, see below).
-* matcher: open_clip ``ViT-B-16`` with ``pretrained="openai"`` (≈ 0.6 GB).
+* matcher: open_clip ``ViT-B-16-quickgelu`` (ViT-B/16 with the activation OpenAI trained it with) and
+  ``pretrained="openai"`` (≈ 0.6 GB).
 * segmenter: ``facebook/sam3`` through transformers (≈ 3.4 GB; gated on the hub: accept the licence, then
   ``hf download facebook/sam3``).
 
@@ -39,7 +40,9 @@ from typing import Any
 from geoseg.types import BackendSpec, GeoSegConfig
 
 PAPER_GROUNDER = "Qwen/Qwen3-VL-32B-Instruct"
-PAPER_MATCHER = "ViT-B-16"
+#: OpenAI's CLIP weights were trained with QuickGELU; open_clip's "-quickgelu" config matches them (plain "ViT-B-16"
+#: with the "openai" tag would warn of the mismatch and run the wrong activation).
+PAPER_MATCHER = "ViT-B-16-quickgelu"
 PAPER_SEGMENTER = "facebook/sam3"
 PROFILE_NAMES = ("paper", "tiny")
 _SPECS = ("grounder", "matcher", "segmenter")

@@ -339,7 +339,7 @@ def test_tiny_profile_end_to_end(monkeypatch, tiny_models_root, aerial_rgb):
 def test_named_profiles():
     paper = load_profile("paper")
     assert paper.grounder.model == "Qwen/Qwen3-VL-32B-Instruct" and paper.grounder.kind == "transformers"
-    assert paper.matcher.model == "ViT-B-16" and paper.matcher.options["pretrained"] == "openai"
+    assert paper.matcher.model == "ViT-B-16-quickgelu" and paper.matcher.options["pretrained"] == "openai"
     assert paper.segmenter.model == "facebook/sam3"
     assert (paper.alpha, paper.beta, paper.k, paper.tau, paper.gamma) == (0.2, 0.1, 5, 0.3, 0.01)
     tiny = load_profile("tiny")
