@@ -217,3 +217,13 @@ def test_official_backend_is_guarded():
     """Meta's sam3 package is not installable here (GPU-only, conflicting pins): a clear error with the recipe."""
     with pytest.raises(RuntimeError, match="own venv|no GPU"):
         build_segmenter(BackendSpec("sam3-official", "/models/sam3.pt"))
+
+
+def test_tiny_sam3_sizes_are_checked(tmp_path):
+    from geoseg.tiny import build_tiny_sam3
+
+    with pytest.raises(ValueError, match="bad tiny SAM3 size"):
+        build_tiny_sam3(tmp_path, image_size=100)
+    with pytest.raises(ValueError, match="bad tiny SAM3 size"):
+        build_tiny_sam3(tmp_path, vit_layers=0)
+    assert not any(tmp_path.iterdir())  # nothing half-built left behind
