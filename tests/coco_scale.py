@@ -2,7 +2,7 @@
 its peak RSS. Used by tests/test_datasets_coco_scale.py; also runnable by hand:
 
     python -m tests.coco_scale seed DB_URL BLOB_DIR N
-    python -m tests.coco_scale export DB_URL BLOB_DIR OUT_DIR     # prints a JSON line with peak_rss_mb
+    python -m tests.coco_scale export DB_URL BLOB_DIR OUT_DIR [DOMAIN LEVEL]   # a JSON line with peak_rss_mb
 """
 
 from __future__ import annotations
@@ -62,21 +62,43 @@ def seed_bulk(url: str, blob_dir: str, n: int) -> None:
     engine.dispose()
 
 
-def export(url: str, blob_dir: str, out_dir: str) -> dict:
+def export(url: str, blob_dir: str, out_dir: str, domain: str = "", level: str = "") -> dict:
+    import pycocotools.mask  # noqa: F401 - imported before the baseline, like everything the export needs
+
     from storage.blobs import LocalBlobStore
     from storage.datasets.coco import export_coco
+    from storage.datasets.select import DatasetFilter
     from storage.db import make_engine, session_scope
 
+    f = DatasetFilter(domains=(domain,) if domain else (), levels=(level,) if level else ())
     engine = make_engine(url)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reset = _reset_peak()
+    base = _rss_mb("VmRSS")
     t0 = time.perf_counter()
     with session_scope(engine) as s:
-        res = export_coco(s, LocalBlobStore(blob_dir), out_dir)
+        res = export_coco(s, LocalBlobStore(blob_dir), out_dir, f)
     engine.dispose()
+    peak = _rss_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"annotations": res.n_annotations, "images": res.n_images, "seconds": round(time.perf_counter() - t0, 2),
-            "rss_before_mb": round(base, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_before_mb": round(base, 1), "peak_rss_mb": round(peak, 1), "peak_reset": reset,
             "file_mb": round(Path(res.path).stat().st_size / 2**20, 1)}
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process from /proc (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> bool:
+    """Reset the peak-RSS mark (Linux: write 5 to /proc/self/clear_refs), so the peak measures the export only."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":
