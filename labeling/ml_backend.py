@@ -1,0 +1,395 @@
+"""A Label Studio ML backend for GeoSeg pre-labels, speaking Label Studio's ML backend protocol directly (ASGI).
+
+Endpoints (what Label Studio 1.23's ``ml/api_connector.py`` calls):
+
+* ``GET /health``   -> ``{"status": "UP", "model_version", "models_loaded", ...}``; answers at once, also while the
+  models load or a prediction runs (Label Studio gives it 1 s).
+* ``POST /setup``   -> ``{"model_version"}``; remembers the Label Studio host and access token sent with it (used to
+  download ``/data/...`` task images; the token is never logged or returned).
+* ``POST /predict`` -> ``{"results": [{"result", "score", "model_version"}, ...]}``, one per task. The query is the
+  task's ``data.query``, unless the request's ``params.context`` carries a new one (an annotator asking for a fresh
+  suggestion with another query: a ``textarea`` region's text, or ``{"query": "..."}``).
+* ``POST /webhook`` -> acknowledges Label Studio's events (``{"status": "ok"}``); nothing to train.
+
+Models load once, in the background at start-up (:class:`ModelHandle` from ``load_model``); at most
+``max_concurrency`` predictions run at once (a semaphore and a thread pool of that size), each request has a deadline
+(``timeout_s``, queueing included). A request that misses it, or whose model raises, gets a clear message instead of
+a hung UI: for an interactive request the single result has an empty ``result`` and an ``error`` text (Label Studio
+passes it through to the client as ``data.error``); in a batch (Label Studio's "Retrieve predictions") the failed
+task's entry has no ``result``, so Label Studio stores no misleading empty pre-label for it, and the message is
+logged here and returned in ``errors``. A model that is still busy with a timed-out request keeps its slot until it
+finishes, so the bound holds.
+
+Each prediction carries ``model_version``; with meaningless (tiny random) models, every brush region carries the
+warning as region ``meta.text`` and the response as ``warning``.
+
+This module knows no model code: ``load_model`` is injected (``flows.cli_ml.load_geoseg_model`` builds the GeoSeg
+one), so the protocol, the limits and the error handling are tested on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import numpy as np
+
+from labeling.project import IMAGE_TO, MASK_FROM, TARGET_LABEL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One pre-label: the (H, W) bool mask at image resolution, with what Label Studio shows next to it."""
+
+    mask: np.ndarray
+    model_version: str
+    score: float | None = None
+    route: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """What the backend serves: ``suggest(image_bytes, query) -> Suggestion`` and its version."""
+
+    suggest: Callable[[bytes, str], Suggestion]
+    model_version: str
+    warning: str | None = None  # e.g. geoseg.types.TINY_MODEL_WARNING for tiny random models
+
+
+@dataclass(frozen=True)
+class MLBackendConfig:
+    max_concurrency: int = 1
+    timeout_s: float = 30.0  # per /predict task, waiting for a slot included
+    load_timeout_s: float = 600.0
+    label_studio_url: str | None = None  # where relative /data/... image URLs live; default: the /setup hostname
+    label_studio_token: str | None = None  # default: the /setup access token
+    image_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    def __repr__(self) -> str:  # the token stays out of reprs and logs
+        token = "***" if self.label_studio_token else None
+        return (
+            f"MLBackendConfig(max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, "
+            f"label_studio_url={self.label_studio_url!r}, label_studio_token={token})"
+        )
+
+
+class PredictionTimeoutError(TimeoutError):
+    pass
+
+
+def brush_region(suggestion: Suggestion, warning: str | None = None) -> list[dict[str, Any]]:
+    """The Label Studio result for one suggestion: one brush region (``[]`` for an empty mask)."""
+    from labeling.brush import mask_to_rle
+
+    m = np.asarray(suggestion.mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    if not m.any():
+        return []
+    h, w = m.shape
+    region: dict[str, Any] = {
+        "from_name": MASK_FROM,
+        "to_name": IMAGE_TO,
+        "type": "brushlabels",
+        "origin": "prediction",
+        "original_width": int(w),
+        "original_height": int(h),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_rle(m), "brushlabels": [TARGET_LABEL]},
+    }
+    if suggestion.score is not None:
+        region["score"] = float(suggestion.score)
+    notes = [n for n in (warning, f"route: {suggestion.route}" if suggestion.route else None) if n]
+    if notes:
+        region["meta"] = {"text": notes}
+    return [region]
+
+
+def context_query(context: Any) -> str | None:
+    """A new query an annotator sent with an interactive request, or None."""
+    if not isinstance(context, Mapping):
+        return None
+    q = context.get("query")
+    if isinstance(q, str) and q.strip():
+        return q.strip()
+    for region in context.get("result") or []:
+        if isinstance(region, Mapping) and region.get("type") == "textarea":
+            texts = (region.get("value") or {}).get("text") or []
+            texts = [texts] if isinstance(texts, str) else texts
+            joined = " ".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
+            if joined:
+                return joined
+    return None
+
+
+class GeoSegMLBackend:
+    """The backend's state: the model (loaded once), the concurrency bound, the Label Studio connection."""
+
+    def __init__(
+        self,
+        load_model: Callable[[], ModelHandle],
+        config: MLBackendConfig | None = None,
+        *,
+        fetch_image: Callable[[str], bytes] | None = None,
+    ) -> None:
+        self.config = config or MLBackendConfig()
+        self._load_model = load_model
+        self._model: ModelHandle | None = None
+        self._load_error: str | None = None
+        self._loaded = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.config.max_concurrency, thread_name_prefix="geoseg-ml"
+        )
+        self._slots = threading.BoundedSemaphore(self.config.max_concurrency)
+        self._ls_host: str | None = self.config.label_studio_url
+        self._ls_token: str | None = self.config.label_studio_token
+        self._fetch_image = fetch_image
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._count_lock = threading.Lock()
+        self.loads = 0
+
+    # --- model ------------------------------------------------------------------------------------------------------
+
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load, name="geoseg-ml-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            self._model = self._load_model()
+            self.loads += 1
+            log.info("ml-backend: model %s loaded in %.1f s", self._model.model_version, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - reported by /health and every /predict
+            self._load_error = f"{type(exc).__name__}: {exc}"
+            log.error("ml-backend: model failed to load: %s", self._load_error)
+        finally:
+            self._loaded.set()
+
+    def model(self, wait: float) -> ModelHandle:
+        if not self._loaded.wait(wait):
+            raise PredictionTimeoutError(f"the GeoSeg models are still loading (waited {wait:.0f} s); try again")
+        if self._model is None:
+            raise RuntimeError(f"the GeoSeg models failed to load: {self._load_error}")
+        return self._model
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- Label Studio -----------------------------------------------------------------------------------------------
+
+    def setup(self, body: Mapping[str, Any]) -> None:
+        host, token = body.get("hostname"), body.get("access_token")
+        if isinstance(host, str) and host.startswith(("http://", "https://")) and not self.config.label_studio_url:
+            self._ls_host = host
+        if isinstance(token, str) and token and not self.config.label_studio_token:
+            self._ls_token = token
+
+    def image_bytes(self, url: str) -> bytes:
+        if self._fetch_image is not None:
+            return self._fetch_image(url)
+        if not isinstance(url, str) or not url:
+            raise ValueError("the task has no image URL (data.image)")
+        headers = {}
+        if url.startswith("/"):
+            if not self._ls_host:
+                raise ValueError(
+                    f"image {url} is relative to Label Studio, whose address is unknown: connect the backend in "
+                    "Label Studio (it calls /setup) or start it with --label-studio-url"
+                )
+            url = urljoin(self._ls_host.rstrip("/") + "/", url.lstrip("/"))
+            if self._ls_token:
+                headers["Authorization"] = f"Token {self._ls_token}"
+        elif not url.startswith(("http://", "https://")):
+            raise ValueError(f"image URL {url!r} is neither http(s) nor a Label Studio /data/ path")
+        r = httpx.get(url, headers=headers, timeout=self.config.image_timeout_s, follow_redirects=True)
+        if r.status_code != 200:
+            raise ValueError(f"could not download the task image ({url.split('?')[0]}): HTTP {r.status_code}")
+        return r.content
+
+    # --- prediction -------------------------------------------------------------------------------------------------
+
+    def _run(self, model: ModelHandle, image_url: str, query: str) -> Suggestion:
+        with self._count_lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return model.suggest(self.image_bytes(image_url), query)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+
+    async def predict_one(self, task: Mapping[str, Any], query_override: str | None) -> dict[str, Any]:
+        """One task -> ``{"result", "score", "model_version"}`` or ``{"error", "model_version"}``."""
+        deadline = time.monotonic() + self.config.timeout_s
+        data = task.get("data") or {}
+        task_id = task.get("id")
+        mv = self._model.model_version if self._model else None
+        try:
+            query = query_override or data.get("query")
+            if not isinstance(query, str) or not query.strip():
+                raise ValueError("the task has no query (data.query) and the request carried none")
+            model = await asyncio.to_thread(self.model, max(0.0, deadline - time.monotonic()))
+            mv = model.model_version
+            got = await asyncio.to_thread(self._slots.acquire, True, max(0.0, deadline - time.monotonic()))
+            if not got:
+                raise PredictionTimeoutError(
+                    f"GeoSeg is busy ({self.config.max_concurrency} prediction(s) running); no slot within "
+                    f"{self.config.timeout_s:.0f} s, try again"
+                )
+            fut = self._pool.submit(self._run, model, data.get("image"), query.strip())
+            fut.add_done_callback(lambda _f: self._slots.release())  # the slot is held until the model returns
+            try:
+                sug = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise PredictionTimeoutError(
+                    f"GeoSeg did not answer within {self.config.timeout_s:.0f} s (slow model or large image); "
+                    "try again later or ask an admin to raise the backend's --timeout"
+                ) from None
+            return {
+                "result": brush_region(sug, model.warning),
+                "score": float(sug.score) if sug.score is not None else 0.0,
+                "model_version": sug.model_version,
+            }
+        except Exception as exc:  # noqa: BLE001 - one clear line per task, the batch goes on
+            msg = str(exc) if isinstance(exc, TimeoutError) else f"GeoSeg pre-label failed: {type(exc).__name__}: {exc}"
+            log.warning("ml-backend: task %s: %s", task_id, msg)
+            out: dict[str, Any] = {"error": msg, "task": task_id}
+            if mv:
+                out["model_version"] = mv
+            return out
+
+    async def predict(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise ValueError("'tasks' must be a non-empty list")
+        params = body.get("params") or {}
+        context = params.get("context") if isinstance(params, Mapping) else None
+        override = context_query(context)
+        interactive = context is not None
+        outs = await asyncio.gather(*(self.predict_one(t if isinstance(t, Mapping) else {}, override) for t in tasks))
+        errors = [o["error"] for o in outs if "error" in o]
+        if interactive:  # Label Studio returns results[0] to the annotator's client: keep the message visible there
+            outs = [{"result": [], "score": 0.0, **o} if "error" in o else o for o in outs]
+        resp: dict[str, Any] = {"results": outs}
+        if self._model is not None:
+            resp["model_version"] = self._model.model_version
+            if self._model.warning:
+                resp["warning"] = self._model.warning
+        if errors:
+            resp["errors"] = errors
+        return resp
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "status": "UP",
+            "model_class": "GeoSeg",
+            "models_loaded": self._model is not None,
+            "max_concurrency": self.config.max_concurrency,
+            "in_flight": self.in_flight,
+        }
+        if self._model is not None:
+            out["model_version"] = self._model.model_version
+            if self._model.warning:
+                out["warning"] = self._model.warning
+        if self._load_error:
+            out["status"] = "ERROR"
+            out["error"] = self._load_error
+        return out
+
+
+def create_app(
+    load_model: Callable[[], ModelHandle],
+    config: MLBackendConfig | None = None,
+    *,
+    fetch_image: Callable[[str], bytes] | None = None,
+) -> Any:
+    """The ASGI app (Starlette). ``app.state.backend`` is the :class:`GeoSegMLBackend`."""
+    import contextlib
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    backend = GeoSegMLBackend(load_model, config, fetch_image=fetch_image)
+
+    async def _json(request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ValueError("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ValueError("the request body must be a JSON object")
+        return body
+
+    async def health(request: Request) -> JSONResponse:
+        h = backend.health()
+        return JSONResponse(h, status_code=200 if h["status"] == "UP" else 503)
+
+    async def setup(request: Request) -> JSONResponse:
+        try:
+            body = await _json(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        backend.setup(body)
+        try:
+            mv = (await asyncio.to_thread(backend.model, backend.config.load_timeout_s)).model_version
+        except Exception as exc:  # noqa: BLE001 - Label Studio shows the connection as failed with this text
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"model_version": mv})
+
+    async def predict(request: Request) -> JSONResponse:
+        try:
+            body = await _json(request)
+            return JSONResponse(await backend.predict(body))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            body = await _json(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"status": "ok", "action": body.get("action")}, status_code=201)
+
+    async def versions(request: Request) -> JSONResponse:
+        mv = backend._model.model_version if backend._model else None
+        return JSONResponse({"versions": [mv] if mv else [], "message": ""})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        backend.start_loading()
+        yield
+        backend.shutdown()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/", health, methods=["GET"]),
+            Route("/setup", setup, methods=["POST"]),
+            Route("/predict", predict, methods=["POST"]),
+            Route("/webhook", webhook, methods=["POST"]),
+            Route("/versions", versions, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.backend = backend
+    return app

@@ -1,0 +1,192 @@
+"""The ML backend's protocol, limits and error messages, served by a real uvicorn on a loopback port.
+
+The models here are small stand-ins that draw a fixed rectangle, sleep or raise: they produce the faults (a slow or
+failing model, one still loading) that a test cannot get from the tiny GeoSeg models on demand. The real tiny GeoSeg
+model behind the same app, connected to a real Label Studio, is in ``test_ml_backend_labelstudio.py``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from labeling.brush import rle_to_mask
+from labeling.ml_backend import MLBackendConfig, ModelHandle, Suggestion, context_query, create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(app) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread; yields its URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        th.join(10)
+
+
+def _rect_model(delay: float = 0.0, fail: bool = False, load_delay: float = 0.0) -> Callable[[], ModelHandle]:
+    calls: list[str] = []
+
+    def suggest(image: bytes, query: str) -> Suggestion:
+        calls.append(query)
+        if fail:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        time.sleep(delay)
+        m = np.zeros((20, 30), dtype=bool)
+        m[5:10, 3:12] = True
+        return Suggestion(m, "rect-v1", 0.5, "point")
+
+    def load() -> ModelHandle:
+        time.sleep(load_delay)
+        return ModelHandle(suggest, "rect-v1", warning="meaningless test model")
+
+    load.calls = calls  # type: ignore[attr-defined]
+    return load
+
+
+def _task(i: int = 1, query: str = "the pond") -> dict:
+    return {"id": i, "data": {"image": "/data/local-files/?d=x.png", "query": query}}
+
+
+def _fetch(url: str) -> bytes:
+    assert url.startswith("/data/local-files/")
+    return b"image"
+
+
+def test_health_setup_predict_webhook():
+    load = _rect_model(load_delay=1.0)
+    app = create_app(load, MLBackendConfig(timeout_s=10), fetch_image=_fetch)
+    with serve(app) as url:
+        t0 = time.perf_counter()
+        h = httpx.get(url + "/health", timeout=1).json()  # Label Studio waits 1 s: answered while loading
+        assert time.perf_counter() - t0 < 0.5 and h["status"] == "UP" and h["models_loaded"] is False
+        s = httpx.post(url + "/setup", json={"project": "1.1", "hostname": "http://x", "access_token": "secret"},
+                       timeout=10)
+        assert s.status_code == 200 and s.json() == {"model_version": "rect-v1"}
+        h = httpx.get(url + "/health").json()
+        assert h["models_loaded"] and h["model_version"] == "rect-v1" and "secret" not in str(h)
+
+        r = httpx.post(url + "/predict", json={"tasks": [_task(1), _task(2, "trees")], "params": {}}, timeout=10)
+        body = r.json()
+        assert r.status_code == 200 and len(body["results"]) == 2 and body["model_version"] == "rect-v1"
+        assert body["warning"] == "meaningless test model" and "errors" not in body
+        res = body["results"][0]
+        assert res["model_version"] == "rect-v1" and res["score"] == 0.5
+        (region,) = res["result"]
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["target"]
+        assert region["meta"]["text"][0] == "meaningless test model"
+        mask = rle_to_mask(region["value"]["rle"], region["original_height"], region["original_width"])
+        assert mask.sum() == 45 and mask[5:10, 3:12].all()
+        assert load.calls == ["the pond", "trees"]
+
+        # interactive: a new query in the context wins over data.query
+        ctx = {"result": [{"type": "textarea", "value": {"text": ["  a new  query "]}}]}
+        r = httpx.post(url + "/predict", json={"tasks": [_task(3)], "params": {"context": ctx}}, timeout=10)
+        assert r.json()["results"][0]["result"] and load.calls[-1] == "a new  query"
+
+        w = httpx.post(url + "/webhook", json={"action": "ANNOTATION_CREATED"})
+        assert w.status_code == 201 and w.json()["status"] == "ok"
+        assert httpx.post(url + "/predict", content=b"not json").status_code == 400
+        assert "non-empty list" in httpx.post(url + "/predict", json={"tasks": []}).json()["error"]
+        assert app.state.backend.loads == 1  # models load once
+
+
+def test_context_query_forms():
+    assert context_query(None) is None
+    assert context_query({"query": " x "}) == "x"
+    assert context_query({"result": [{"type": "textarea", "value": {"text": "y"}}]}) == "y"
+    assert context_query({"result": [{"type": "keypointlabels", "value": {"x": 1}}]}) is None
+
+
+def test_concurrency_is_bounded():
+    load = _rect_model(delay=0.3)
+    app = create_app(load, MLBackendConfig(max_concurrency=2, timeout_s=30), fetch_image=_fetch)
+    with serve(app) as url:
+        httpx.post(url + "/setup", json={}, timeout=30)
+
+        def one(i: int) -> dict:
+            return httpx.post(url + "/predict", json={"tasks": [_task(i)]}, timeout=30).json()
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(6) as ex:
+            outs = list(ex.map(one, range(6)))
+        wall = time.perf_counter() - t0
+        # health stays responsive while both slots are busy
+        assert all(o["results"][0]["result"] for o in outs)
+        be = app.state.backend
+        assert be.max_in_flight == 2 and wall >= 0.85  # 6 x 0.3 s through 2 slots
+
+
+def test_slow_model_gives_a_clear_message_not_a_hang():
+    load = _rect_model(delay=3.0)
+    app = create_app(load, MLBackendConfig(max_concurrency=1, timeout_s=0.5), fetch_image=_fetch)
+    with serve(app) as url:
+        httpx.post(url + "/setup", json={}, timeout=30)
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/predict", json={"tasks": [_task()], "params": {"context": {}}}, timeout=10).json()
+        assert time.perf_counter() - t0 < 2.0
+        (res,) = r["results"]
+        assert res["result"] == [] and "did not answer within" in res["error"] and res["model_version"] == "rect-v1"
+        # the slot is still held by the running model: the next request says the model is busy
+        r2 = httpx.post(url + "/predict", json={"tasks": [_task(2)]}, timeout=10).json()
+        assert "result" not in r2["results"][0] and "busy" in r2["errors"][0]
+        t0 = time.perf_counter()
+        assert httpx.get(url + "/health", timeout=1).status_code == 200
+        assert time.perf_counter() - t0 < 0.5
+
+
+def test_failing_model_and_failed_load_are_reported():
+    app = create_app(_rect_model(fail=True), MLBackendConfig(timeout_s=5), fetch_image=_fetch)
+    with serve(app) as url:
+        r = httpx.post(url + "/predict", json={"tasks": [_task()], "params": {"context": {}}}, timeout=10).json()
+        assert r["results"][0]["error"] == "GeoSeg pre-label failed: RuntimeError: CUDA out of memory (simulated)"
+        r = httpx.post(url + "/predict", json={"tasks": [{"id": 9, "data": {"image": "/x"}}]}, timeout=10).json()
+        assert "has no query" in r["errors"][0]
+
+    def broken() -> ModelHandle:
+        raise FileNotFoundError("no weights at /models/sam3")
+
+    app = create_app(broken, MLBackendConfig(timeout_s=5), fetch_image=_fetch)
+    with serve(app) as url:
+        time.sleep(0.2)
+        h = httpx.get(url + "/health")
+        assert h.status_code == 503 and "no weights" in h.json()["error"]
+        s = httpx.post(url + "/setup", json={})
+        assert s.status_code == 503 and "failed to load" in s.json()["error"]
+        r = httpx.post(url + "/predict", json={"tasks": [_task()]}, timeout=10).json()
+        assert "failed to load" in r["errors"][0] and "no weights" in r["errors"][0]
+
+
+def test_relative_image_without_label_studio_address_is_explained():
+    app = create_app(_rect_model(), MLBackendConfig(timeout_s=5))
+    with serve(app) as url:
+        r = httpx.post(url + "/predict", json={"tasks": [_task()]}, timeout=10).json()
+        assert "address is unknown" in r["errors"][0]
+    with pytest.raises(ValueError, match="max_concurrency"):
+        MLBackendConfig(max_concurrency=0)
+    assert "s3cr3t" not in repr(MLBackendConfig(label_studio_token="s3cr3t"))
