@@ -211,6 +211,7 @@ class LabelStudioServer:
                 "LOCAL_FILES_SERVING_ENABLED": "true",
                 "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
                 "SSRF_PROTECTION_ENABLED": "false",  # webhooks and S3 endpoints on loopback
+                "ML_BLOCK_LOCAL_IP": "false",  # the project's ML backend (geolabel ml-backend) on loopback
                 "COLLECT_ANALYTICS": "false",
                 "LATEST_VERSION_CHECK": "false",
                 "SENTRY_DSN": "",
