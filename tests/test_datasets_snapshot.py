@@ -121,3 +121,33 @@ def test_snapshots_are_immutable_and_versioned(store, tmp_path):
         create_snapshot(s, blobs, "empty", snaps, filters=DatasetFilter(domains=("Mars",)))
     with session_scope(engine) as s, pytest.raises(StratificationError):
         create_snapshot(s, blobs, "toolarge", snaps, stratify=Stratification())
+
+
+def test_leftover_directory_of_an_uncommitted_create_is_refused(store, tmp_path):
+    engine, blobs, seeded, root = store
+    snaps = tmp_path / "snaps"
+    with pytest.raises(RuntimeError, match="boom"), session_scope(engine) as s:
+        create_snapshot(s, blobs, "crashy", snaps, limit=3)
+        raise RuntimeError("boom")  # the transaction rolls back after the files were written
+    assert (snaps / "crashy" / "v1").is_dir()
+    with session_scope(engine) as s, pytest.raises(SnapshotError, match="other members"):
+        create_snapshot(s, blobs, "crashy", snaps, limit=4)
+
+
+def test_version_taken_concurrently_is_retried(store, tmp_path, monkeypatch):
+    import storage.datasets.snapshot as snapmod
+
+    engine, blobs, seeded, root = store
+    with session_scope(engine) as s:
+        create_snapshot(s, blobs, "race", tmp_path / "snaps", limit=2)
+    real = snapmod.next_version
+    calls = []
+
+    def stale_then_real(session, name):  # the first read is stale, as if another process inserted v1 meanwhile
+        calls.append(name)
+        return 1 if len(calls) == 1 else real(session, name)
+
+    monkeypatch.setattr(snapmod, "next_version", stale_then_real)
+    with session_scope(engine) as s:
+        info = create_snapshot(s, blobs, "race", tmp_path / "snaps", limit=3)
+    assert info.version == 2 and len(calls) == 2

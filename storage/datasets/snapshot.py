@@ -176,6 +176,12 @@ def materialize(
         problems = verify_snapshot(dest)
         if problems:
             raise SnapshotError(f"{dest} exists but does not match its manifest: {problems[:5]}")
+        members = json.loads((dest / MANIFEST).read_text(encoding="utf-8")).get("members_sha256")
+        if members != snap.manifest_sha256:
+            raise SnapshotError(
+                f"{dest} holds other members than snapshot {snap.name}@{snap.version} in the database (a leftover "
+                "of a create that was not committed?); move it away and run the command again"
+            )
         return dest
     tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
     if tmp.exists():
@@ -269,11 +275,22 @@ def create_snapshot(
         chosen = [r[0] for r in rows][: limit if limit is not None else None]
     if not chosen:
         raise SnapshotError(f"no accepted triplets match the filters {f.describe()}: nothing to snapshot")
-    version = next_version(session, name)
     params = {"filters": f.describe(), "stratify": stratify.describe() if stratify else None, "limit": limit,
               "shortfall": shortfall or None}
-    snap = repo.create_snapshot(session, name, str(version), [(t, "test") for t in chosen],
-                                description=description, params=params)
+    # Another process may take the version we computed. Seen before our insert (repo raises SnapshotConflictError
+    # and writes nothing): take the next one. Seen at our insert (IntegrityError): the transaction is spoilt, so
+    # the caller's transaction rolls back and the message says to run again. (No SAVEPOINT: pysqlite's is unsafe.)
+    for attempt in range(3):
+        version = next_version(session, name)
+        try:
+            snap = repo.create_snapshot(session, name, str(version), [(t, "test") for t in chosen],
+                                        description=description, params=params)
+            break
+        except repo.SnapshotConflictError as exc:
+            if attempt == 2:
+                raise SnapshotError(f"could not claim a new version of snapshot {name!r}: {exc}") from exc
+        except sa.exc.IntegrityError as exc:
+            raise SnapshotError(f"snapshot {name!r} version {version} was created concurrently; run again") from exc
     path = materialize(session, blobs, snap, root, s3_client=s3_client, progress=progress)
     manifest = json.loads((path / MANIFEST).read_text())
     return SnapshotInfo(name=name, version=version, path=path, n_triplets=len(chosen),
