@@ -41,6 +41,9 @@ def test_read_earthreason_layout(tmp_path):
     root = load_make_bench().make_bench(tmp_path / "er", 2, 32, layout="earthreason")
     b = read_benchmark(root)
     assert b.layout == "earthreason" and len(b) == 8 and {s.domain for s in b} == {"EarthReason"}
+    assert b.samples[0].load_mask().any() and b.samples[0].query.startswith(("Segment", "Which", "Given"))
+    both = read_benchmark(root, all_questions=True)
+    assert len(both) == 16 and {s.id for s in both} >= {f"{b.samples[0].id}#0", f"{b.samples[0].id}#1"}
 
 
 @pytest.mark.parametrize("value,expected", [("L2", "L2"), (3, "L3"), ("1", "L1"), ("hard", "L3")])

@@ -14,8 +14,10 @@ EarthReason::
 
     root/images/<id>.<ext>   root/labels/<id>.png   root/QAs/<id>.json
 
-where a QA file holds the question under ``question``/``questions``/``query``/``text`` (a string or a list: each
-question becomes one sample). EarthReason has no domain or level: they read as ``"EarthReason"`` and ``"L?"``.
+where a QA file holds ``{"questions": [...], "answer": [...]}`` (also accepted: ``question``/``query``/``text``, a
+string or a list). The questions of one file are paraphrases of one target: by default the first is the sample's
+query (as SegEarth-R1's evaluation does); ``all_questions=True`` makes one sample per question. EarthReason has no
+domain or level: they read as ``"EarthReason"`` and ``"L?"``.
 
 A bad benchmark (missing file, malformed JSON, size mismatch) raises :class:`BenchmarkError` naming the file.
 """
@@ -236,7 +238,7 @@ def _questions(qa: Any, where: Path) -> list[str]:
     raise BenchmarkError(f"{where}: no question found (looked for question/questions/query/text)")
 
 
-def read_earthreason(root: Path) -> Benchmark:
+def read_earthreason(root: Path, all_questions: bool = False) -> Benchmark:
     from PIL import Image
 
     root = Path(root)
@@ -256,6 +258,8 @@ def read_earthreason(root: Path) -> Benchmark:
         questions = [q for q in _questions(qa, qa_path) if q.strip()]
         if not questions:
             raise BenchmarkError(f"{qa_path}: every question is empty")
+        if not all_questions:
+            questions = questions[:1]
         for j, q in enumerate(questions):
             samples.append(
                 BenchSample(
@@ -266,11 +270,11 @@ def read_earthreason(root: Path) -> Benchmark:
     return Benchmark(root.name, root, "earthreason", tuple(samples))
 
 
-def read_benchmark(root: str | Path) -> Benchmark:
-    """Read a benchmark directory in either layout (auto-detected)."""
+def read_benchmark(root: str | Path, *, all_questions: bool = False) -> Benchmark:
+    """Read a benchmark directory in either layout (auto-detected); ``all_questions``: see EarthReason above."""
     root = Path(root)
     layout = detect_layout(root)
-    bench = read_geoseg_bench(root) if layout == "geoseg" else read_earthreason(root)
+    bench = read_geoseg_bench(root) if layout == "geoseg" else read_earthreason(root, all_questions)
     if not bench.samples:
         raise BenchmarkError(f"{root}: the benchmark has no samples")
     return bench

@@ -93,7 +93,8 @@ def make_bench(root: Path, per_domain: int = 4, size: int = 64, seed: int = 0, l
         else:
             Image.fromarray(m8, "L").save(root / "labels" / f"{sid}.png")
             (root / "QAs").mkdir(exist_ok=True)
-            (root / "QAs" / f"{sid}.json").write_text(json.dumps({"question": [question]}, indent=1))
+            qa = {"questions": [question, question.replace("Segment", "Outline")], "answer": [f"the {domain} target"]}
+            (root / "QAs" / f"{sid}.json").write_text(json.dumps(qa, indent=1))
     if layout == "geoseg":
         (root / "annotations").mkdir(exist_ok=True)
         for domain, entries in annotations.items():
