@@ -182,21 +182,33 @@ def _as_bytes(rle: Sequence[int] | bytes | np.ndarray) -> bytes:
         raise BrushRLEError(f"brush RLE must be a list of integers 0..255: {exc}") from None
 
 
+_LENGTHS_LUT: dict[tuple[tuple[int, ...], int], np.ndarray] = {}
+
+
+def _lengths_lut(rle_sizes: tuple[int, ...], ws: int) -> np.ndarray:
+    """(65536, 8) uint8: for two stream bytes v and a bit offset o in the first, the length of a repeat record
+    starting at that bit (0 when its flag bit is 0, a literal record)."""
+    key = (tuple(rle_sizes), ws)
+    if key not in _LENGTHS_LUT:
+        by_top3 = np.zeros(8, dtype=np.uint8)
+        for idx, size in enumerate(rle_sizes):
+            by_top3[4 + idx] = 3 + size + ws
+        v = np.arange(1 << 16, dtype=np.uint32)[:, None]
+        top3 = ((v << np.arange(8, dtype=np.uint32)[None, :]) >> np.uint32(13)) & np.uint32(7)
+        _LENGTHS_LUT[key] = by_top3[top3]
+    return _LENGTHS_LUT[key]
+
+
 def _repeat_lengths(data: bytes, rle_sizes: tuple[int, ...], ws: int) -> np.ndarray:
     """For every bit position p: the length in bits of a repeat record starting at p, or 0 where the flag bit is 0.
 
-    A repeat record's length (3 + rle size + word size) depends only on its first 3 bits (flag, size index), so it is
-    a table lookup on a 3-bit window read at each of the 8 bit offsets of every byte. Literal records (flag 0) get 0
-    and are measured one by one.
+    A repeat record's length (3 + rle size + word size) depends only on its first 3 bits (flag, size index), so the
+    lengths at the 8 bit offsets of a byte are one row of a table indexed by that byte and the next. Literal records
+    (flag 0) get 0 and are measured one by one.
     """
-    nbytes = len(data)
-    b = np.frombuffer(data + b"\0", dtype=np.uint8).astype(np.uint16)
-    u16 = (b[:nbytes] << 8) | b[1:]
-    top3 = ((u16[:, None] << np.arange(8, dtype=np.uint16)[None, :]) >> np.uint16(13)).astype(np.uint8).ravel()
-    lut = np.zeros(8, dtype=np.uint8)
-    for idx, size in enumerate(rle_sizes):
-        lut[4 + idx] = 3 + size + ws
-    return lut[top3]
+    b = np.frombuffer(data + b"\0", dtype=np.uint8)
+    u16 = (b[:-1].astype(np.uint16) << np.uint16(8)) | b[1:]
+    return _lengths_lut(rle_sizes, ws)[u16].ravel()
 
 
 def _literal_length(bits: _Bits, p: int, sizes: np.ndarray, ws: int) -> int:
