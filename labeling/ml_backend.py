@@ -148,8 +148,10 @@ class GeoSegMLBackend:
         config: MLBackendConfig | None = None,
         *,
         fetch_image: Callable[[str], bytes] | None = None,
+        model_version: str | None = None,
     ) -> None:
         self.config = config or MLBackendConfig()
+        self.model_version_hint = model_version  # known before the models load (a hash of the config)
         self._load_model = load_model
         self._model: ModelHandle | None = None
         self._load_error: str | None = None
@@ -189,6 +191,10 @@ class GeoSegMLBackend:
         if self._model is None:
             raise RuntimeError(f"the GeoSeg models failed to load: {self._load_error}")
         return self._model
+
+    @property
+    def model_version(self) -> str | None:
+        return self._model.model_version if self._model is not None else self.model_version_hint
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -241,7 +247,7 @@ class GeoSegMLBackend:
         deadline = time.monotonic() + self.config.timeout_s
         data = task.get("data") or {}
         task_id = task.get("id")
-        mv = self._model.model_version if self._model else None
+        mv = self.model_version
         try:
             query = query_override or data.get("query")
             if not isinstance(query, str) or not query.strip():
@@ -252,7 +258,7 @@ class GeoSegMLBackend:
             if not got:
                 raise PredictionTimeoutError(
                     f"GeoSeg is busy ({self.config.max_concurrency} prediction(s) running); no slot within "
-                    f"{self.config.timeout_s:.0f} s, try again"
+                    f"{self.config.timeout_s:g} s, try again"
                 )
             fut = self._pool.submit(self._run, model, data.get("image"), query.strip())
             fut.add_done_callback(lambda _f: self._slots.release())  # the slot is held until the model returns
@@ -260,7 +266,7 @@ class GeoSegMLBackend:
                 sug = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise PredictionTimeoutError(
-                    f"GeoSeg did not answer within {self.config.timeout_s:.0f} s (slow model or large image); "
+                    f"GeoSeg did not answer within {self.config.timeout_s:g} s (slow model or large image); "
                     "try again later or ask an admin to raise the backend's --timeout"
                 ) from None
             return {
@@ -289,10 +295,10 @@ class GeoSegMLBackend:
         if interactive:  # Label Studio returns results[0] to the annotator's client: keep the message visible there
             outs = [{"result": [], "score": 0.0, **o} if "error" in o else o for o in outs]
         resp: dict[str, Any] = {"results": outs}
-        if self._model is not None:
-            resp["model_version"] = self._model.model_version
-            if self._model.warning:
-                resp["warning"] = self._model.warning
+        if self.model_version is not None:
+            resp["model_version"] = self.model_version
+        if self._model is not None and self._model.warning:
+            resp["warning"] = self._model.warning
         if errors:
             resp["errors"] = errors
         return resp
@@ -305,10 +311,10 @@ class GeoSegMLBackend:
             "max_concurrency": self.config.max_concurrency,
             "in_flight": self.in_flight,
         }
-        if self._model is not None:
-            out["model_version"] = self._model.model_version
-            if self._model.warning:
-                out["warning"] = self._model.warning
+        if self.model_version is not None:
+            out["model_version"] = self.model_version
+        if self._model is not None and self._model.warning:
+            out["warning"] = self._model.warning
         if self._load_error:
             out["status"] = "ERROR"
             out["error"] = self._load_error
@@ -320,8 +326,13 @@ def create_app(
     config: MLBackendConfig | None = None,
     *,
     fetch_image: Callable[[str], bytes] | None = None,
+    model_version: str | None = None,
 ) -> Any:
-    """The ASGI app (Starlette). ``app.state.backend`` is the :class:`GeoSegMLBackend`."""
+    """The ASGI app (Starlette). ``app.state.backend`` is the :class:`GeoSegMLBackend`.
+
+    ``model_version``, when known before the models load, lets ``/setup`` answer at once (Label Studio gives it 3 s)
+    while a large model is still loading; without it ``/setup`` waits up to 2.5 s for the load.
+    """
     import contextlib
 
     from starlette.applications import Starlette
@@ -329,7 +340,7 @@ def create_app(
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    backend = GeoSegMLBackend(load_model, config, fetch_image=fetch_image)
+    backend = GeoSegMLBackend(load_model, config, fetch_image=fetch_image, model_version=model_version)
 
     async def _json(request: Request) -> dict[str, Any]:
         try:
@@ -350,11 +361,14 @@ def create_app(
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         backend.setup(body)
-        try:
-            mv = (await asyncio.to_thread(backend.model, backend.config.load_timeout_s)).model_version
-        except Exception as exc:  # noqa: BLE001 - Label Studio shows the connection as failed with this text
-            return JSONResponse({"error": str(exc)}, status_code=503)
-        return JSONResponse({"model_version": mv})
+        if backend._load_error:
+            return JSONResponse({"error": f"the GeoSeg models failed to load: {backend._load_error}"}, status_code=503)
+        if backend.model_version is None:
+            try:
+                await asyncio.to_thread(backend.model, 2.5)
+            except Exception as exc:  # noqa: BLE001 - Label Studio shows the connection as failed with this text
+                return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse({"model_version": backend.model_version})
 
     async def predict(request: Request) -> JSONResponse:
         try:
@@ -371,7 +385,7 @@ def create_app(
         return JSONResponse({"status": "ok", "action": body.get("action")}, status_code=201)
 
     async def versions(request: Request) -> JSONResponse:
-        mv = backend._model.model_version if backend._model else None
+        mv = backend.model_version
         return JSONResponse({"versions": [mv] if mv else [], "message": ""})
 
     @contextlib.asynccontextmanager
