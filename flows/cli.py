@@ -44,7 +44,14 @@ def _register() -> None:
 
 
 # Modules that add commands. Keep imports inside commands lazy: `geolabel --help` must stay fast.
-_COMMAND_MODULES: list[str] = ["flows.cli_db", "flows.cli_predict", "flows.cli_datasets", "flows.cli_flows", "flows.cli_labelstudio"]
+_COMMAND_MODULES: list[str] = [
+    "flows.cli_db",
+    "flows.cli_predict",
+    "flows.cli_datasets",
+    "flows.cli_flows",
+    "flows.cli_labelstudio",
+    "flows.cli_ml",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
