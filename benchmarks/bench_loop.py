@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,3 +90,154 @@ def register_instant(name: str = "instant", delay_s: float = 0.0) -> str:
 
     register_pipeline_factory(name, lambda: instant_pipeline(delay_s))
     return name
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------------
+
+AERIAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "aerial"
+BROWSER_IMAGES = ("OSBS_029.tif", "SOAP_031.png", "SOAP_061.png", "AWPE_pigeon_lake_drone.jpg", "L7_ETMs.tif", "lc.tif")
+
+
+def write_queries(path: Path, n_items: int) -> Path:
+    """``n_items`` distinct (image, query) rows spread over the six aerial images."""
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "query", "level", "domain"])
+        for k in range(n_items):
+            img = BROWSER_IMAGES[k % len(BROWSER_IMAGES)]
+            w.writerow([img, f"benchmark target number {k}", ("L1", "L2", "L3")[k % 3], "Nature"])
+    return path
+
+
+def _start_label_studio(root: Path) -> tuple[Any, Any]:
+    """A fresh local Label Studio (migrated template copied when the test fixture made one)."""
+    import shutil
+
+    from labeling.server import LabelStudioServer, default_venv
+
+    try:
+        from tests.fixtures.labelstudio import _ensure_template
+
+        shutil.copytree(_ensure_template(default_venv()), root / "labelstudio", dirs_exist_ok=True)
+    except ImportError:
+        pass
+    srv = LabelStudioServer(root / "labelstudio", imagery_root=root)
+    srv.start()
+    return srv, srv.token()
+
+
+def _stage(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "stage": name,
+        "items": n,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(n / seconds, 1) if seconds > 0 else None,
+        "ms_per_item": round(1000 * seconds / n, 2) if n else None,
+        **extra,
+    }
+
+
+def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch: int = 200) -> dict[str, Any]:
+    import os
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.datasets import export_flow
+    from flows.demo import _verdict_region
+    from flows.ingest import ingest_flow
+    from flows.labeling_flows import label_studio_client, push_flow, sync_flow
+    from flows.preannotate import preannotate_flow
+    from flows.runtime import open_runtime, settings_from
+
+    root.mkdir(parents=True, exist_ok=True)
+    srv, token = _start_label_studio(root)
+    os.environ["LABEL_STUDIO_USER_TOKEN"] = token.get_secret_value()
+    out: dict[str, Any] = {"items": n_items, "stages": []}
+    try:
+        overrides = {"data_dir": str(root / "data"), "label_studio_url": srv.status().url}
+        queries = write_queries(root / "queries.csv", n_items)
+        profile = register_instant("instant-bench")
+        with prefect_test_harness(server_startup_timeout=180):
+            t = time.perf_counter()
+            ing = ingest_flow(str(AERIAL), str(queries), settings_overrides=overrides)
+            out["stages"].append(_stage("ingest", ing.items_new, time.perf_counter() - t))
+            assert ing.items_new == n_items, ing
+
+            t = time.perf_counter()
+            pre = preannotate_flow(profile, settings_overrides=overrides, batch_size=64)
+            dt = time.perf_counter() - t
+            out["stages"].append(_stage("preannotate", pre.predicted, dt, model_seconds_note="instant models"))
+
+            t = time.perf_counter()
+            pushed = push_flow(profile, settings_overrides=overrides, batch_size=push_batch, project_title="bench loop")
+            out["stages"].append(_stage("push", pushed.pushed, time.perf_counter() - t, ls_requests=pushed.requests))
+
+            rt = open_runtime(settings_from(overrides))
+            with label_studio_client(rt.settings) as client:
+                tasks = list(client.iter_tasks(pushed.ls_project_id, fields="all", page_size=500))
+                # ceiling: the same tasks bulk-imported straight into a second project, same chunk size
+                from labeling.project import label_config
+
+                raw = client.create_project("bench raw import", label_config())
+                payloads = [
+                    {
+                        "data": t["data"],
+                        "predictions": [
+                            {k: p[k] for k in ("result", "model_version", "score") if p.get(k) is not None}
+                            for p in t["predictions"]
+                        ],
+                    }
+                    for t in tasks
+                ]
+                t0 = time.perf_counter()
+                for i in range(0, len(payloads), push_batch):
+                    client.import_tasks(int(raw["id"]), payloads[i : i + push_batch])
+                raw_s = time.perf_counter() - t0
+                out["raw_import"] = _stage("raw LS bulk import", len(payloads), raw_s)
+                annotated = 0
+                if annotate:  # the annotators' part: not timed as loop orchestration
+                    t0 = time.perf_counter()
+                    for task in tasks:
+                        res = [r for p in task["predictions"] for r in p["result"]] + [_verdict_region("accept")]
+                        client.create_annotation(int(task["id"]), res, lead_time=5.0)
+                        annotated += 1
+                    out["annotate_api_seconds"] = round(time.perf_counter() - t0, 2)
+
+            t = time.perf_counter()
+            synced = sync_flow(settings_overrides=overrides, project_title="bench loop")
+            out["stages"].append(_stage("sync", synced.upserted, time.perf_counter() - t))
+
+            t = time.perf_counter()
+            exp = export_flow(str(root / "coco"), settings_overrides=overrides)
+            out["stages"].append(_stage("export", exp["annotations"], time.perf_counter() - t))
+    finally:
+        srv.stop()
+    push_rate = next(s["items_per_s"] for s in out["stages"] if s["stage"] == "push")
+    out["push_vs_raw"] = round(push_rate / out["raw_import"]["items_per_s"], 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    ap.add_argument("--no-annotate", action="store_true", help="sync with nothing annotated")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    res = run_benchmark(args.items, root, annotate=not args.no_annotate)
+    print(f"{'stage':<22}{'items':>7}{'seconds':>10}{'items/s':>10}{'ms/item':>10}")
+    for s in [*res["stages"], res["raw_import"]]:
+        print(f"{s['stage']:<22}{s['items']:>7}{s['seconds']:>10}{s['items_per_s']!s:>10}{s['ms_per_item']!s:>10}")
+    print(f"push / raw import rate: {res['push_vs_raw']}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

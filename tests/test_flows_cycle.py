@@ -63,11 +63,13 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
         assert t["data"]["query"] and len(t["predictions"]) == 1
         assert t["predictions"][0]["model_version"] == cyc["preannotate"]["model_version"]
         assert len(t["annotations"]) == 1
-    # the renditions really are served by Label Studio (GeoTIFFs as PNG)
-    import httpx
+    # every image URL names a browser-displayable file below Label Studio's local-files root (GeoTIFFs as PNG)
+    from urllib.parse import unquote
 
-    r = httpx.get(ls_env.url + tasks[0]["data"]["image"], headers={"Authorization": f"Token {ls_env.token}"})
-    assert r.status_code == 200 and r.content[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1")
+    for t in tasks:
+        path = ls_env.imagery_root / unquote(t["data"]["image"].split("?d=", 1)[1])
+        assert path.is_file() and path.suffix in (".png", ".jpg")
+        assert path.read_bytes()[:3] in (b"\x89PN", b"\xff\xd8\xff")
 
     acts = Counter(a.action for a in res.actions)
     assert sum(acts.values()) == len(tasks) and acts["reject"] >= 1 and acts["no target"] >= 1
