@@ -52,6 +52,14 @@ class BrushRLEError(ValueError):
 # --------------------------------------------------------------------------------------------------------- encode
 
 
+# Per record kind (size index, foreground): the flag bit, the size index and the value, in place; and the width.
+_RECORD_WIDTH = np.asarray([3 + c + LS_WORD_SIZE for c in LS_RLE_SIZES], dtype=np.uint64)
+_RECORD_BASE = np.asarray(
+    [((4 + i) << (c + LS_WORD_SIZE)) | (255 * fg) for i, c in enumerate(LS_RLE_SIZES) for fg in (0, 1)],
+    dtype=np.uint64,
+)
+
+
 def _pixel_runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs of equal values of a flat bool array: (lengths, values)."""
     n = flat.size
@@ -93,15 +101,9 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
 
     # One record: flag 1, size index (2 bits), count - 1 (3, 4, 8 or 16 bits), value (8 bits). Runs are at least 4
     # long (4 channels), so, as in the SDK encoder, every record is a repeat record.
-    idx = np.searchsorted(np.asarray([8, 16, 256]), rec_len)  # run length <= 8 -> 0, <= 16 -> 1, <= 256 -> 2, else 3
-    count_bits = np.asarray(LS_RLE_SIZES, dtype=np.uint64)[idx]
-    width = count_bits + np.uint64(3 + LS_WORD_SIZE)
-    prefix = np.asarray([4, 5, 6, 7], dtype=np.uint64)[idx]  # the flag bit and the size index
-    code = (
-        (prefix << (count_bits + np.uint64(LS_WORD_SIZE)))
-        | ((rec_len - 1).astype(np.uint64) << np.uint64(LS_WORD_SIZE))
-        | (rec_fg.astype(np.uint64) * np.uint64(255))
-    )
+    idx = (rec_len > 8).astype(np.intp) + (rec_len > 16) + (rec_len > 256)  # <= 8, <= 16, <= 256, else
+    code = _RECORD_BASE[idx * 2 + rec_fg] | ((rec_len - 1).view(np.uint64) << np.uint64(LS_WORD_SIZE))
+    width = _RECORD_WIDTH[idx]
 
     header = (m.size * _CHANNELS, LS_WORD_SIZE - 1, *(s - 1 for s in LS_RLE_SIZES))
     hdr_code = 0
