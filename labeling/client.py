@@ -259,7 +259,8 @@ class LabelStudioClient:
             yield from tasks
             seen += len(tasks)
             total = body.get("total") if isinstance(body, dict) else None
-            if not tasks or len(tasks) < page_size or (total is not None and seen >= total):
+            # Label Studio may serve fewer than page_size per page: stop on the total or an empty page only.
+            if not tasks or (total is not None and seen >= total):
                 return
             page += 1
 

@@ -3,7 +3,7 @@
 Everything lives under one directory (``Settings.data_dir / "labelstudio"`` by default)::
 
     labelstudio/
-      credentials.json   generated admin e-mail, password and legacy API token (mode 0600)
+      credentials.json   generated admin e-mail, password, legacy API token, Django secret key (mode 0600)
       server.json        pid, port and URL of the running server
       server.log         the server's output
       data/              Label Studio's own data dir (SQLite database, uploads)
@@ -171,6 +171,9 @@ class LabelStudioServer:
             try:
                 creds = json.loads(self.credentials_file.read_text())
                 if all(isinstance(creds.get(k), str) and creds[k] for k in ("email", "password", "token")):
+                    if not creds.get("secret_key"):  # files from before the Django key was kept here
+                        creds["secret_key"] = secrets.token_urlsafe(48)
+                        _write_private(self.credentials_file, json.dumps(creds, indent=1))
                     return creds
             except (OSError, json.JSONDecodeError):
                 pass
@@ -182,6 +185,7 @@ class LabelStudioServer:
             "email": "geolabel-admin@localhost.localdomain",
             "password": secrets.token_urlsafe(18),
             "token": secrets.token_hex(20),  # 40 characters: Label Studio's token length
+            "secret_key": secrets.token_urlsafe(48),  # Django's SECRET_KEY: sessions survive restarts
         }
         _write_private(self.credentials_file, json.dumps(creds, indent=1))
         return creds
@@ -207,6 +211,7 @@ class LabelStudioServer:
                 "LABEL_STUDIO_PASSWORD": creds["password"],
                 "LABEL_STUDIO_USER_TOKEN": creds["token"],
                 "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                "SECRET_KEY": creds["secret_key"],
                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
                 "LOCAL_FILES_SERVING_ENABLED": "true",
                 "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),

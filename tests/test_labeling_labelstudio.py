@@ -201,6 +201,8 @@ def test_bulk_push_with_predictions_and_round_trip(ls_project):
     again = push_predictions(p.ls.client, p.session, p.blobs, p.handle, MV, image_url=_resolver(p))
     assert again.pushed == 0 and again.reconciled == 0
     assert len(list(p.ls.client.iter_tasks(p.handle.ls_project_id))) == 30
+    paged = [t["id"] for t in p.ls.client.iter_tasks(p.handle.ls_project_id, page_size=7)]  # 5 pages
+    assert sorted(paged) == sorted(t["id"] for t in tasks.values()) and len(set(paged)) == 30
 
 
 def test_push_reconciles_after_crash_between_import_and_db_write(ls_project, monkeypatch):
