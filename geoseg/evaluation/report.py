@@ -58,6 +58,20 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+#: First characters that make a spreadsheet read a cell as a formula (CSV injection, OWASP).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert_cell(value: Any) -> Any:
+    """A text cell that cannot run as a spreadsheet formula: a leading ``'`` before =, +, -, @, tab or CR.
+
+    Only strings change (numbers stay numbers); the text itself is kept whole after the quote.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     keys: list[str] = []
     for r in rows:
@@ -65,7 +79,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: inert_cell(v) for k, v in r.items()} for r in rows)
     return path
 
 
