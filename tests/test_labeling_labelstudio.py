@@ -90,6 +90,33 @@ def test_server_status_token_and_files(labelstudio_server):
     assert labelstudio_server.server.start().pid == st.pid
 
 
+def test_server_lifecycle_start_stop_restart(labelstudio_server, tmp_path):
+    """A second server from the same template: clean stop (process group gone, state removed), warm restart."""
+    import os
+    import shutil
+
+    from labeling.server import LabelStudioServer, _pid_alive
+    from tests.fixtures.labelstudio import _template_dir
+
+    root = tmp_path / "labelstudio"
+    shutil.copytree(_template_dir(labelstudio_server.server.venv), root)
+    imagery = tmp_path / "imagery"
+    imagery.mkdir()
+    srv = LabelStudioServer(root, imagery_root=imagery)
+    assert not srv.status().running
+    st = srv.start()
+    try:
+        assert st.running and st.token_ok and st.url != labelstudio_server.url
+        assert os.getpgid(st.pid) == st.pid  # its own process group
+        assert srv.stop() is True
+        assert not _pid_alive(st.pid) and not srv.state_file.exists()
+        assert not srv.status().running and srv.stop() is False
+        st2 = srv.start()  # warm restart on the same data: the same token still works
+        assert st2.running and st2.token_ok and st2.pid != st.pid
+    finally:
+        srv.stop()
+
+
 def test_wrong_token_names_the_variable(labelstudio_server):
     bad = LabelStudioClient(labelstudio_server.url, "0" * 40, token_env="MY_LS_TOKEN", retries=1)
     with pytest.raises(LabelStudioAuthError, match="MY_LS_TOKEN") as err:
