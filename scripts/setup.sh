@@ -22,4 +22,16 @@ if [ ! -f .venv/.geolabel-stamp ] || [ "$(cat .venv/.geolabel-stamp)" != "$app_s
 fi
 
 bash scripts/labelstudio_venv.sh
+
+# Debian's chromium for the browser test (tests/test_browser_labelstudio.py drives it headless with Playwright).
+# Installed only as root where apt works; never fatal: without it that test skips and says why.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian chromium (browser test)"
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) \
+      || echo "setup: could not install chromium with apt; the browser test will be skipped" >&2
+  else
+    echo "setup: chromium missing and apt-get unavailable (or not root); the browser test will be skipped" >&2
+  fi
+fi
 echo "setup: ready (app: $ROOT/.venv, Label Studio: $ROOT/.venv-ls)"
