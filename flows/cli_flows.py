@@ -30,7 +30,32 @@ for _k, _v in {
 _DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: GEOLABEL_DATA_DIR or ./.geolabel).")
 
 
+class _NoTraceback:
+    """A logging filter that keeps a record's message and drops its traceback (the CLI's one-line errors)."""
+
+    def filter(self, record: Any) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def quiet_prefect_tracebacks() -> None:
+    """Unless ``--debug``: Prefect logs a failed flow's traceback; keep its one-line messages only."""
+    import logging
+
+    from flows.cli import _state
+
+    if _state.get("debug"):
+        return
+    # logger-level filters (Prefect configures its handlers lazily and replaces them; logger filters stay)
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _NoTraceback) for f in lg.filters):
+            lg.addFilter(_NoTraceback())
+
+
 def overrides_for(data_dir: Path | None) -> dict[str, Any]:
+    quiet_prefect_tracebacks()
     return {"data_dir": str(data_dir)} if data_dir else {}
 
 
@@ -331,6 +356,7 @@ def register(app: typer.Typer) -> None:
         """The whole loop on embedded defaults over real aerial imagery (tiny models, simulated annotator)."""
         from flows.demo import print_summary, run_demo
 
+        quiet_prefect_tracebacks()
         res = run_demo(data_dir, start_label_studio=start_label_studio, seed=seed, echo=typer.echo)
         print_summary(res, echo=typer.echo)
 

@@ -46,12 +46,30 @@ def test_ingest_preannotate_status_json(prefect_harness, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_errors_are_one_line(prefect_harness, tmp_path, capsys):
+def test_errors_are_one_line(prefect_harness, tmp_path):
+    """As a user sees it: the installed `geolabel` script in a subprocess (Prefect API: the session's harness)."""
+    import os
+    import subprocess
+    import sys
+
+    import prefect.settings
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
+    exe = Path(sys.executable).parent / "geolabel"
     d = str(tmp_path / "data")
-    code, out, err = _run(capsys, "ingest", str(tmp_path / "nope"), "--queries", "q.csv", "--data-dir", d)
-    assert code == 1
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert lines == [f"error: image source {tmp_path / 'nope'} does not exist"], err
-    assert "Traceback" not in err
-    code, out, err = _run(capsys, "ingest", str(AERIAL), "--queries", "q.csv", "--bands", "red", "--data-dir", d)
-    assert code == 2 and "--bands must be comma-separated integers" in err
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(exe), *argv], env=env, capture_output=True, text=True, timeout=180)
+
+    p = run("ingest", str(tmp_path / "nope"), "--queries", "q.csv", "--data-dir", d)
+    assert p.returncode == 1
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: image source {tmp_path / 'nope'} does not exist"
+    ], p.stderr
+    assert "Traceback" not in p.stderr + p.stdout
+    p = run("ingest", str(AERIAL), "--queries", "q.csv", "--bands", "red", "--data-dir", d)
+    assert p.returncode in (1, 2) and "--bands must be comma-separated integers" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = run("--debug", "ingest", str(tmp_path / "nope"), "--queries", "q.csv", "--data-dir", d)
+    assert p.returncode != 0 and "Traceback" in p.stderr  # --debug shows it
