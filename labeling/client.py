@@ -125,8 +125,16 @@ class LabelStudioClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        idempotent: bool | None = None,
     ) -> Any:
-        """One API call with retries; returns the decoded JSON (None for an empty body)."""
+        """One API call with retries; returns the decoded JSON (None for an empty body).
+
+        A non-idempotent call (POST by default) is retried only when Label Studio surely did not act on it (the
+        connection was refused, or 502/503); after a timeout or a 500 its outcome is unknown and
+        :class:`LabelStudioUnavailableError` is raised at once, so that the caller can reconcile (see push).
+        """
+        if idempotent is None:
+            idempotent = method.upper() != "POST"
         last = ""
         for attempt in range(self.retries):
             if attempt:
@@ -138,9 +146,13 @@ class LabelStudioClient:
                 last = f"{type(exc).__name__}: {exc}"
                 log.warning("Label Studio %s %s failed (%s), attempt %d/%d", method, path, last, attempt + 1,
                             self.retries)
-                continue
+                if idempotent or isinstance(exc, httpx.ConnectError):
+                    continue
+                break
             if resp.status_code in RETRY_STATUS:
                 last = f"HTTP {resp.status_code} {_detail(resp)}"
+                if not idempotent and resp.status_code not in (502, 503):
+                    break
                 log.warning("Label Studio %s %s answered %s, attempt %d/%d", method, path, resp.status_code,
                             attempt + 1, self.retries)
                 continue
@@ -163,7 +175,7 @@ class LabelStudioClient:
                     f"Label Studio {method} {self.url}{path} returned non-JSON ({resp.headers.get('content-type')})"
                 ) from None
         raise LabelStudioUnavailableError(
-            f"Label Studio at {self.url} is unavailable: {method} {path} failed {self.retries} times ({last})"
+            f"Label Studio at {self.url} is unavailable: {method} {path} failed after {attempt + 1} attempt(s) ({last})"
         )
 
     # --- server -------------------------------------------------------------------------------------------------------

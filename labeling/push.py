@@ -25,7 +25,7 @@ from urllib.parse import quote
 from sqlalchemy.orm import Session
 
 from labeling.brush import mask_to_rle
-from labeling.client import LabelStudioClient
+from labeling.client import LabelStudioClient, LabelStudioUnavailableError
 from labeling.project import IMAGE_TO, MASK_FROM, TARGET_LABEL, ProjectHandle
 from storage import repo
 from storage.blobs import BlobStore
@@ -151,6 +151,16 @@ def _task_payload(
     }
 
 
+def _tasks_by_item(client: LabelStudioClient, project: ProjectHandle, item_ids: set[int]) -> dict[int, dict[str, Any]]:
+    """The project's tasks whose ``data.item_id`` is in ``item_ids`` (the first one per item)."""
+    found: dict[int, dict[str, Any]] = {}
+    for task in client.iter_tasks(project.ls_project_id, fields="task_only", page_size=500):
+        iid = (task.get("data") or {}).get("item_id")
+        if isinstance(iid, int) and iid in item_ids and iid not in found:
+            found[iid] = task
+    return found
+
+
 def push_predictions(
     client: LabelStudioClient,
     session: Session,
@@ -176,11 +186,7 @@ def push_predictions(
 
     # Reconcile: tasks already in Label Studio for pending items (a crash after the import, before the DB write,
     # or an older model version's task).
-    existing: dict[int, dict[str, Any]] = {}
-    for task in client.iter_tasks(project.ls_project_id, fields="task_only", page_size=500):
-        iid = (task.get("data") or {}).get("item_id")
-        if isinstance(iid, int) and iid in by_item and iid not in existing:
-            existing[iid] = task
+    existing = _tasks_by_item(client, project, set(by_item))
     records: list[LabelTaskRecord] = []
     for iid, task in existing.items():
         item, pred = by_item.pop(iid)
@@ -212,13 +218,23 @@ def push_predictions(
                 report.failed.append((item.id, f"{type(exc).__name__}: {exc}"))
         if not tasks:
             continue
-        task_ids = client.import_tasks(project.ls_project_id, tasks)
+        try:
+            task_ids = client.import_tasks(project.ls_project_id, tasks)
+            pairs = list(zip(sent, task_ids, strict=True))
+        except LabelStudioUnavailableError as exc:
+            # Unknown outcome (a timeout, a 500): find what arrived by item_id, import the rest once more.
+            log.warning("push: import of %d tasks had an unknown outcome (%s); reconciling by item_id", len(sent), exc)
+            arrived = _tasks_by_item(client, project, {item.id for item, _ in sent})
+            pairs = [((item, pred), arrived[item.id]["id"]) for item, pred in sent if item.id in arrived]
+            report.reconciled += len(pairs)
+            rest = [(t, ip) for t, ip in zip(tasks, sent, strict=True) if ip[0].id not in arrived]
+            if rest:
+                ids = client.import_tasks(project.ls_project_id, [t for t, _ in rest])
+                pairs += [(ip, tid) for (_, ip), tid in zip(rest, ids, strict=True)]
+                report.pushed += len(ids)
+            task_ids = []
         repo.record_label_tasks(
-            session,
-            [
-                LabelTaskRecord(project.label_project_id, item.id, tid, pred.id)
-                for (item, pred), tid in zip(sent, task_ids, strict=True)
-            ],
+            session, [LabelTaskRecord(project.label_project_id, item.id, tid, pred.id) for (item, pred), tid in pairs]
         )
         session.commit()
         report.pushed += len(task_ids)

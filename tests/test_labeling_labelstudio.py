@@ -259,6 +259,37 @@ def test_push_reconciles_after_crash_between_import_and_db_write(ls_project, mon
     assert len(repo.label_tasks(p.session, p.handle.label_project_id)) == 8
 
 
+class _LostResponse(httpx.BaseTransport):
+    """Forwards to the real server, then loses the answer of the first import (a timeout after Label Studio acted):
+    a fault the real server cannot be made to produce, so only this is simulated."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.lost = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        resp = self.inner.handle_request(request)
+        if request.method == "POST" and request.url.path.endswith("/import") and not self.lost:
+            resp.read()
+            self.lost += 1
+            raise httpx.ReadTimeout("simulated: the import answer was lost", request=request)
+        return resp
+
+
+def test_push_unknown_import_outcome_is_reconciled_not_duplicated(ls_project):
+    p = ls_project
+    ids = _seed(p, 6)
+    transport = _LostResponse()
+    client = LabelStudioClient(p.ls.url, p.ls.token, retries=3, backoff=0.01, transport=transport)
+    report = push_predictions(client, p.session, p.blobs, p.handle, MV, image_url=_resolver(p), batch_size=4)
+    assert transport.lost == 1
+    assert report.reconciled == 4 and report.pushed == 2 and not report.failed
+    tasks = list(p.ls.client.iter_tasks(p.handle.ls_project_id))
+    assert sorted(t["data"]["item_id"] for t in tasks) == sorted(ids)  # no duplicates
+    lts = {lt.item_id: lt.ls_task_id for lt in repo.label_tasks(p.session, p.handle.label_project_id)}
+    assert lts == {t["data"]["item_id"]: t["id"] for t in tasks}
+
+
 def test_push_records_bad_items_and_goes_on(ls_project):
     import tempfile
 
