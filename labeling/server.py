@@ -122,6 +122,14 @@ class LabelStudioServer:
     @classmethod
     def from_settings(cls, settings, **kw) -> LabelStudioServer:  # noqa: ANN001 - storage.settings.Settings
         roots = settings.imagery_roots
+        if not roots and "imagery_root" not in kw:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "no GEOLABEL_IMAGERY_ROOTS: Label Studio serves local files from the whole data dir %s "
+                "(set an imagery root to narrow it)",
+                settings.data_dir,
+            )
         kw.setdefault("imagery_root", roots[0] if roots else settings.data_dir)
         kw.setdefault("token_env", settings.label_studio_token_env)
         return cls(settings.data_dir / "labelstudio", **kw)
