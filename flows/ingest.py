@@ -182,6 +182,21 @@ class RegisteredImage:
     error: str | None = None
 
 
+def image_roots(settings: Any, source: str) -> tuple[Path, ...]:
+    """Where local image files may be read from: the configured ``imagery_roots``, else the local source itself.
+
+    Paths named by a queries file, and symlinks inside the source, are resolved and refused outside these roots.
+    """
+    from storage.sources import is_s3
+
+    if settings.imagery_roots:
+        return tuple(settings.imagery_roots)
+    if is_s3(source):
+        return ()
+    src = Path(source).expanduser().resolve()
+    return (src if src.is_dir() else src.parent,)
+
+
 def register_images(
     rt: Runtime, objects: list[Any], source: str, bands: tuple[int, ...] | None = None, copy_images: bool = True
 ) -> list[RegisteredImage]:
@@ -196,11 +211,12 @@ def register_images(
     from storage.sources import SourceError, read_bytes
 
     client = _s3_client_for(rt) if any(str(o.uri).startswith("s3://") for o in objects) else None
+    roots = image_roots(rt.settings, source)
     out: list[RegisteredImage] = []
     prepared: list[tuple[Any, str, Any]] = []
     for obj in objects:
         try:
-            data = read_bytes(obj.uri, client=client)
+            data = read_bytes(obj.uri, client=client, roots=roots)
             sha = sha256_hex(data)
             loaded = read_image(data, bands=bands, name=obj.uri)
             if copy_images:
@@ -292,6 +308,10 @@ def ingest_flow(
     log = _logger()
     settings = settings_from(settings_overrides)
     rt = open_runtime(settings)
+    if settings.imagery_roots and not is_s3(source):
+        from storage.sources import check_within_roots
+
+        check_within_roots(source, settings.imagery_roots)  # a clear error before anything is read
     client = _s3_client_for(rt) if is_s3(source) or is_s3(queries) else None
     objects = list_images(source, client=client)
     rows, issues = load_queries(queries, client=client)

@@ -139,8 +139,25 @@ def _s3_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def read_bytes(uri: str | Path, *, client: Any = None) -> bytes:
-    """The bytes of one object: a local path (or ``file://`` URI) or ``s3://bucket/key``."""
+def check_within_roots(path: str | Path, roots: tuple[Path, ...] | list[Path]) -> Path:
+    """``path`` fully resolved (``..`` and symlinks followed) when it lies under one of ``roots``; else SourceError.
+
+    This is what keeps a queries file, a symlink planted in an imagery folder or a crafted URI from reading files
+    outside the configured imagery roots.
+    """
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved.is_relative_to(Path(root).expanduser().resolve()):
+            return resolved
+    shown = ", ".join(str(r) for r in roots) or "(none)"
+    raise SourceError(f"{path}: outside the configured imagery roots ({shown}); refusing to read it")
+
+
+def read_bytes(uri: str | Path, *, client: Any = None, roots: tuple[Path, ...] | None = None) -> bytes:
+    """The bytes of one object: a local path (or ``file://`` URI) or ``s3://bucket/key``.
+
+    ``roots``: when given, a local path must resolve (symlinks followed) under one of them (:func:`check_within_roots`).
+    """
     text = str(uri)
     if is_s3(text):
         bucket, key = split_s3(text)
@@ -151,6 +168,8 @@ def read_bytes(uri: str | Path, *, client: Any = None) -> bytes:
     if text.startswith("file://"):
         text = urlparse(text).path
     p = Path(text)
+    if roots is not None:
+        p = check_within_roots(p, roots)
     try:
         return p.read_bytes()
     except FileNotFoundError:
