@@ -132,3 +132,48 @@ def test_missing_source_and_queries_fail_clearly(tmp_path):
         )
     with pytest.raises(QueriesError, match="no such file"):
         ingest_flow.fn(str(AERIAL), str(tmp_path / "q.csv"), settings_overrides={"data_dir": str(tmp_path)})
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_production_config_postgres_and_s3(
+    prefect_harness, pg_schema_url, moto_server, s3_client, s3_bucket, tmp_path, monkeypatch
+):
+    """PostgreSQL database, imagery and queries under an s3:// prefix, masks and image copies in an S3 blob store
+    (moto_server): ingest and preannotate (instant models) end to end, then a re-run adds nothing."""
+    from benchmarks.bench_loop import register_instant
+    from flows.preannotate import preannotate_flow
+    from flows.status import collect_status
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for p in sorted(AERIAL.glob("*")):
+        if p.suffix in (".tif", ".png", ".jpg"):
+            s3_client.put_object(Bucket=s3_bucket, Key=f"imagery/{p.name}", Body=p.read_bytes())
+    s3_client.put_object(Bucket=s3_bucket, Key="imagery/notes.txt", Body=b"not listed: not an image extension")
+    s3_client.put_object(Bucket=s3_bucket, Key="queries.csv", Body=(AERIAL / "queries.csv").read_bytes())
+    overrides = {
+        "data_dir": str(tmp_path / "data"),
+        "database_url": pg_schema_url,
+        "blob_url": f"s3://{s3_bucket}/blobs",
+        "s3_endpoint_url": moto_server,
+    }
+    rep = ingest_flow(f"s3://{s3_bucket}/imagery/", f"s3://{s3_bucket}/queries.csv", settings_overrides=overrides)
+    assert (rep.images_listed, rep.images_new, rep.items_new, rep.issues) == (6, 6, 10, ())
+    pre = preannotate_flow(register_instant("instant-prod"), settings_overrides=overrides)
+    assert (pre.predicted, pre.failed) == (10, 0)
+    rt = open_runtime(settings_from(overrides))
+    st = collect_status(rt)
+    assert st["database"].startswith("postgresql+psycopg://") and st["blob_store"].startswith("s3://")
+    assert (st["images"]["total"], st["items"]["total"], st["predictions"]["total"]) == (6, 10, 10)
+    from storage.models import Image, Prediction
+
+    with rt.session() as s:
+        uris = sorted(s.scalars(sa.select(Image.uri)))
+        masks = list(s.scalars(sa.select(Prediction.mask_sha256)))
+    assert all(u.startswith(f"s3://{s3_bucket}/imagery/") for u in uris)
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="blobs/")["Contents"]}
+    assert all(any(k.endswith(m) for k in keys) for m in masks)  # masks are S3 objects named by their sha256
+    again = ingest_flow(f"s3://{s3_bucket}/imagery/", f"s3://{s3_bucket}/queries.csv", settings_overrides=overrides)
+    assert (again.images_new, again.items_new, again.items_known) == (0, 0, 10)
