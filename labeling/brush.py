@@ -109,6 +109,12 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     hdr_code = 0
     for v, bits in zip(header, (32, 5, 4, 4, 4, 4), strict=True):
         hdr_code = (hdr_code << bits) | v
+    if code.size >= 64:  # pair neighbouring records (<= 54 bits together): half the elements to pack
+        if code.size % 2:
+            code = np.append(code, np.uint64(0))
+            width = np.append(width, np.uint64(0))
+        code = (code[0::2] << width[1::2]) | code[1::2]
+        width = width[0::2] + width[1::2]
     ends = np.cumsum(width) + np.uint64(_HEADER_BITS)
     total_bits = int(ends[-1])
     words = _pack_codes(code, width, ends - width, total_bits)
