@@ -144,7 +144,7 @@ def test_intake_tasks_pull_edit_delete(intake_env):
     client.delete_annotation(bad["id"])
 
 
-def test_intake_to_review_task_with_geoseg_prediction(intake_env, tiny_models_root, monkeypatch):
+def test_intake_to_review_task_with_geoseg_prediction(intake_env, tiny_models_root, monkeypatch, prefect_harness):
     """Query written in LS -> pull -> pre-annotate (tiny) -> push -> review task with a GeoSeg prediction; then the
     query is deleted: the item keeps its prediction and review task (reported as kept), nothing is lost."""
     from flows.preannotate import pending_work, predict_batch
