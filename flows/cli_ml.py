@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
         ),
         project_title: str = typer.Option(None, "--project-title", help="Review project (with --connect)."),
         data_dir: Path = _DATA_DIR,
+        allow_image_origin: list[str] = typer.Option(  # noqa: B008 - typer's idiom
+            [], "--allow-image-origin", help="Extra http(s) origin task images may be fetched from (repeatable)."
+        ),
     ) -> None:
         """Serve GeoSeg pre-labels to Label Studio (ML backend protocol: /health /setup /predict /webhook)."""
         import threading
@@ -79,6 +82,8 @@ def register(app: typer.Typer) -> None:
             timeout_s=timeout,
             label_studio_url=settings.label_studio_url,
             label_studio_token=token.get_secret_value() if token else None,
+            allowed_image_origins=tuple(allow_image_origin)
+            + ((settings.s3_endpoint_url,) if settings.s3_endpoint_url else ()),
         )
         from flows.preannotate import model_version_of
 

@@ -75,12 +75,16 @@ class MLBackendConfig:
     label_studio_url: str | None = None  # where relative /data/... image URLs live; default: the /setup hostname
     label_studio_token: str | None = None  # default: the /setup access token
     image_timeout_s: float = 30.0
+    #: Origins (``http(s)://host[:port]``) besides Label Studio's own from which absolute image URLs in task data may
+    #: be fetched, e.g. the S3 endpoint of presigned URLs. Anything else is refused (no SSRF through task data).
+    allowed_image_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        object.__setattr__(self, "allowed_image_origins", tuple(_origin(o) for o in self.allowed_image_origins))
 
     def __repr__(self) -> str:  # the token stays out of reprs and logs
         token = "***" if self.label_studio_token else None
@@ -88,6 +92,17 @@ class MLBackendConfig:
             f"MLBackendConfig(max_concurrency={self.max_concurrency}, timeout_s={self.timeout_s}, "
             f"label_studio_url={self.label_studio_url!r}, label_studio_token={token})"
         )
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of an http(s) URL (default ports made explicit); ValueError otherwise."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url).strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL or origin: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
 
 
 class PredictionTimeoutError(TimeoutError):
@@ -225,7 +240,17 @@ class GeoSegMLBackend:
                 headers["Authorization"] = f"Token {self._ls_token}"
         elif not url.startswith(("http://", "https://")):
             raise ValueError(f"image URL {url!r} is neither http(s) nor a Label Studio /data/ path")
-        r = httpx.get(url, headers=headers, timeout=self.config.image_timeout_s, follow_redirects=True)
+        else:
+            allowed = set(self.config.allowed_image_origins)
+            if self._ls_host:
+                allowed.add(_origin(self._ls_host))
+            if _origin(url) not in allowed:
+                raise ValueError(
+                    f"refusing to fetch the task image from {_origin(url)}: not Label Studio's address nor an allowed "
+                    "image origin (MLBackendConfig.allowed_image_origins / --allow-image-origin)"
+                )
+        # no redirects: a redirect could lead anywhere (SSRF); Label Studio and presigned URLs answer directly
+        r = httpx.get(url, headers=headers, timeout=self.config.image_timeout_s, follow_redirects=False)
         if r.status_code != 200:
             raise ValueError(f"could not download the task image ({url.split('?')[0]}): HTTP {r.status_code}")
         return r.content
