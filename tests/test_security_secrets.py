@@ -250,3 +250,71 @@ def test_sqlish_values_through_queries_and_filters(engine, session):
         rows = list(session.scalars(triplet_ids(session, DatasetFilter(domains=(bad,)))))
         assert rows == []
     assert session.scalar(sa.select(sa.func.count()).select_from(Item)) == len(SQLISH)
+
+
+# --- no SSRF through task data (ML backend image fetch) -----------------------------------------------------------
+
+
+@pytest.fixture
+def two_http_servers():
+    """'ls' (Label Studio's address) and 'internal' (a service the task data must not reach), real HTTP servers;
+    'ls' also has a /redirect that points at 'internal'."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: list[str] = []
+
+    def make(name, other):
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802 (http.server API)
+                hits.append(f"{name}{self.path}")
+                if self.path.startswith("/redirect"):
+                    self.send_response(302)
+                    self.send_header("Location", other[0] + "/secret")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = f"{name}-bytes".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return H
+
+    internal_url: list[str] = []
+    ls = ThreadingHTTPServer(("127.0.0.1", 0), make("ls", internal_url))
+    internal = ThreadingHTTPServer(("127.0.0.1", 0), make("internal", []))
+    internal_url.append(f"http://127.0.0.1:{internal.server_address[1]}")
+    for s in (ls, internal):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{ls.server_address[1]}", internal_url[0], hits
+    finally:
+        for s in (ls, internal):
+            s.shutdown()
+            s.server_close()
+
+
+def test_ml_backend_fetches_task_images_only_from_label_studio_or_allowed_origins(two_http_servers):
+    from labeling.ml_backend import GeoSegMLBackend, MLBackendConfig
+
+    ls_url, internal_url, hits = two_http_servers
+    b = GeoSegMLBackend(lambda: None, MLBackendConfig(label_studio_url=ls_url, label_studio_token="t" * 40))
+    assert b.image_bytes("/data/local-files/?d=a.png") == b"ls-bytes"  # relative: Label Studio
+    assert b.image_bytes(ls_url + "/data/upload/1/a.png") == b"ls-bytes"  # absolute, same origin
+    for url in (internal_url + "/secret", "http://169.254.169.254/latest/meta-data/", "http://localhost:5432/"):
+        with pytest.raises(ValueError, match="refusing to fetch the task image"):
+            b.image_bytes(url)
+    with pytest.raises(ValueError, match="HTTP 302"):  # a redirect is not followed off the allowed origin
+        b.image_bytes(ls_url + "/redirect")
+    for url in ("file:///etc/passwd", "gopher://127.0.0.1/", "ftp://x/y"):
+        with pytest.raises(ValueError, match="neither http"):
+            b.image_bytes(url)
+    assert not any(h.startswith("internal") for h in hits)
+    cfg = MLBackendConfig(label_studio_url=ls_url, allowed_image_origins=(internal_url,))
+    allowed = GeoSegMLBackend(lambda: None, cfg)
+    assert allowed.image_bytes(internal_url + "/x.png") == b"internal-bytes"  # opted in by configuration
