@@ -44,10 +44,16 @@ def label_cycle_flow(
     batch_size: int = 16,
     push_batch_size: int = 200,
     concurrency: int = 1,
+    intake: bool = False,
+    intake_title: str | None = None,
 ) -> CycleReport:
     if (source is None) != (queries is None):
         raise ValueError("give both source and queries (or neither, to skip ingest)")
     ing = ingest_flow(source, queries, settings_overrides=settings_overrides) if source and queries else None
+    if intake:  # annotator queries written in Label Studio's intake project become items (flows.intake)
+        from flows.intake import intake_flow
+
+        intake_flow(settings_overrides, intake_title)
     pre = preannotate_flow(
         profile, settings_overrides=settings_overrides, batch_size=batch_size, concurrency=concurrency
     )

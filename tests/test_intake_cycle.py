@@ -57,10 +57,10 @@ def test_query_written_in_label_studio_reaches_review_and_triplet(
 
     # the annotator writes a query on the first image
     ls.client.create_annotation(tasks[0]["id"], intake_result(["the dark pond"], "L1", "Nature"), lead_time=9.0)
-    pulled = intake_flow(overrides, intake_title)
-    assert (pulled.tasks_created, pulled.items_new, pulled.queries) == (0, 1, 1)
-
-    cyc = label_cycle_flow(profile="tiny", settings_overrides=overrides, project_title=review_title)
+    # one label cycle with intake on: the query becomes an item, is pre-annotated and pushed for review
+    cyc = label_cycle_flow(
+        profile="tiny", settings_overrides=overrides, project_title=review_title, intake=True, intake_title=intake_title
+    )
     assert cyc.preannotate.predicted == 1 and cyc.push.pushed == 1
     (review,) = list(ls.client.iter_tasks(cyc.push.ls_project_id, fields="all"))
     assert review["data"]["query"] == "the dark pond"
