@@ -168,7 +168,16 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
             t = time.perf_counter()
             pre = preannotate_flow(profile, settings_overrides=overrides, batch_size=64)
             dt = time.perf_counter() - t
-            out["stages"].append(_stage("preannotate", pre.predicted, dt, model_seconds_note="instant models"))
+            orch = max(0.0, dt - pre.seconds_model)
+            out["stages"].append(
+                _stage(
+                    "preannotate",
+                    pre.predicted,
+                    dt,
+                    model_seconds=round(pre.seconds_model, 3),
+                    orchestration_ms_per_item=round(1000 * orch / max(1, pre.predicted), 2),
+                )
+            )
 
             t = time.perf_counter()
             pushed = push_flow(profile, settings_overrides=overrides, batch_size=push_batch, project_title="bench loop")

@@ -123,6 +123,7 @@ class PreannotateReport:
     failed: int = 0
     batches: int = 0
     seconds: float = 0.0
+    seconds_model: float = 0.0  # summed over batches: time inside the pipeline (grounder, matcher, segmenter)
     meaningless: bool = False
     errors: tuple[tuple[int, str], ...] = field(default_factory=tuple)
 
@@ -284,9 +285,11 @@ def preannotate_flow(
             log.warning("preannotate: %s", TINY_MODEL_WARNING)
     futures = [predict_batch_task.submit(settings_overrides, profile, b, concurrency) for b in batches]
     predicted = failed = 0
+    seconds_model = 0.0
     errors: list[tuple[int, str]] = []
     for f in futures:
         out = f.result()
+        seconds_model += out.seconds_model
         predicted += out.predicted
         failed += out.failed
         errors.extend(out.errors)
@@ -299,6 +302,7 @@ def preannotate_flow(
         failed=failed,
         batches=len(batches),
         seconds=time.perf_counter() - t0,
+        seconds_model=seconds_model,
         meaningless=meaningless,
         errors=tuple(errors),
     )
