@@ -560,3 +560,50 @@ def test_cli_status_names_token_variable_only(labelstudio_server, monkeypatch, c
     out = capsys.readouterr().out
     assert "1.23" in out and labelstudio_server.url in out and "LABEL_STUDIO_USER_TOKEN" in out
     assert labelstudio_server.token not in out
+
+
+def test_cli_webhook_command_serves_and_registers(labelstudio_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from labeling.server import free_port
+    from storage.db import create_all, make_engine
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db_url = f"sqlite:///{(data / 'geolabel.db').as_posix()}"
+    eng = make_engine(db_url)
+    create_all(eng)
+    eng.dispose()
+    port = free_port()
+    secret = "cli-secret-" + "z" * 20
+    env = {
+        **os.environ,
+        "GEOLABEL_DATA_DIR": str(data),
+        "GEOLABEL_DATABASE_URL": db_url,
+        "GEOLABEL_LABEL_STUDIO_URL": labelstudio_server.url,
+        "LABEL_STUDIO_USER_TOKEN": labelstudio_server.token,
+        "GEOLABEL_WEBHOOK_SECRET": secret,
+    }
+    title = "cli webhook project"
+    cmd = [sys.executable, "-m", "flows.cli", "labelstudio", "webhook", "--project", title, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert _wait(lambda: _ok(url + "/health"), timeout=60), "webhook receiver did not come up"
+        assert httpx.post(url + "/webhook", json={"action": "x"}).status_code == 401
+        (proj,) = [x for x in labelstudio_server.client.projects(title=title) if x["title"] == title]
+        hooks = labelstudio_server.client.webhooks(proj["id"])
+        assert [h["url"] for h in hooks] == [url + "/webhook"]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    assert secret not in out and labelstudio_server.token not in out
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
