@@ -190,3 +190,14 @@ def test_relative_image_without_label_studio_address_is_explained():
     with pytest.raises(ValueError, match="max_concurrency"):
         MLBackendConfig(max_concurrency=0)
     assert "s3cr3t" not in repr(MLBackendConfig(label_studio_token="s3cr3t"))
+
+
+def test_task_images_only_from_label_studio_or_allowed_origins():
+    app = create_app(_rect_model(), MLBackendConfig(timeout_s=5, label_studio_url="http://127.0.0.1:9"))
+    with serve(app) as url:
+        task = {"id": 1, "data": {"image": "http://169.254.169.254/latest/meta-data", "query": "x"}}
+        r = httpx.post(url + "/predict", json={"tasks": [task]}, timeout=10).json()
+        assert "refusing to fetch the task image from http://169.254.169.254" in r["errors"][0]
+        task["data"]["image"] = "file:///etc/passwd"
+        r = httpx.post(url + "/predict", json={"tasks": [task]}, timeout=10).json()
+        assert "neither http(s) nor a Label Studio /data/ path" in r["errors"][0]
