@@ -95,18 +95,34 @@ def register(app: typer.Typer) -> None:
         if connect:
 
             def _connect() -> None:
+                import time
+
+                import httpx
                 from sqlalchemy.orm import Session
 
                 from flows.labeling_flows import _project, label_studio_client
                 from flows.runtime import open_runtime
 
-                rt = open_runtime(settings)
-                with label_studio_client(settings) as client, Session(rt.engine) as session:
-                    handle = _project(client, session, settings, project_title)
-                    row = connect_ml_backend(client, handle.ls_project_id, f"http://{host}:{port}")
-                typer.echo(f"connected as ML backend {row.get('id')} of {handle.url}/projects/{handle.ls_project_id}")
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:  # Label Studio checks /health when connecting: wait for it
+                    try:
+                        if httpx.get(f"http://{host}:{port}/health", timeout=2).status_code < 500:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.2)
+                try:
+                    rt = open_runtime(settings)
+                    with label_studio_client(settings) as client, Session(rt.engine) as session:
+                        handle = _project(client, session, settings, project_title)
+                        row = connect_ml_backend(client, handle.ls_project_id, f"http://{host}:{port}")
+                    typer.echo(
+                        f"connected as ML backend {row.get('id')} of {handle.url}/projects/{handle.ls_project_id}",
+                        err=True,
+                    )
+                except Exception as exc:  # noqa: BLE001 - the backend keeps serving; connect by hand then
+                    typer.echo(f"error: could not connect the backend to Label Studio: {exc}", err=True)
 
-            threading.Timer(1.0, _connect).start()
+            threading.Thread(target=_connect, name="connect-ml-backend", daemon=True).start()
         typer.echo(f"GeoSeg ML backend on http://{host}:{port} (profile {profile}, {concurrency} at a time)", err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -102,3 +102,58 @@ def test_slow_backend_gives_the_annotator_a_message_through_label_studio(review_
                               json_body={"task": tid, "context": {"query": "x"}})
         assert time.perf_counter() - t0 < 2.5  # not Label Studio's 100 s predict timeout
         assert resp["data"]["result"] == [] and "did not answer within" in resp["data"]["error"]
+
+
+def test_geolabel_ml_backend_command_connects_and_serves(labelstudio_server, tiny_models_root, tmp_path):
+    """``geolabel ml-backend --connect`` as a user runs it: a subprocess that registers itself on the review project
+    of the configured Label Studio; a pre-label is then requested through Label Studio's API."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from labeling.push import ImageUrlResolver
+    from labeling.server import free_port
+
+    ls = labelstudio_server
+    port, title = free_port(), f"review cli {uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "GEOLABEL_MODEL_CACHE": str(tiny_models_root),
+        "GEOLABEL_LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_USER_TOKEN": ls.token,
+        "GEOLABEL_IMAGERY_ROOTS": str(ls.imagery_root),
+    }
+    cmd = [sys.executable, "-m", "flows.cli", "ml-backend", "--port", str(port), "--profile", "tiny", "--connect",
+           "--project-title", title, "--data-dir", str(tmp_path / "data"), "--timeout", "120"]
+    log = open(tmp_path / "ml.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 180
+        row = None
+        while time.monotonic() < deadline and row is None:
+            assert proc.poll() is None, (tmp_path / "ml.log").read_text()[-2000:]
+            projects = [p for p in ls.client.projects(title=title) if p["title"] == title]
+            if projects:
+                rows = ls.client.request("GET", "/api/ml", params={"project": projects[0]["id"]})
+                row = next((r for r in rows if r["url"].endswith(f":{port}")), None)
+            time.sleep(0.5)
+        assert row is not None and row["is_interactive"], (tmp_path / "ml.log").read_text()[-2000:]
+        pid = projects[0]["id"]
+        dst = ls.imagery_root / f"cli-{uuid.uuid4().hex[:6]}" / "SOAP_061.png"
+        dst.parent.mkdir()
+        shutil.copy(AERIAL / "SOAP_061.png", dst)
+        (tid,) = ls.client.import_tasks(
+            pid, [{"data": {"image": ImageUrlResolver(ls.imagery_root)(str(dst)), "query": "bare soil"}}]
+        )
+        resp = ls.client.request("POST", f"/api/ml/{row['id']}/interactive-annotating",
+                                 json_body={"task": tid, "context": {"query": "the bare soil patch"}})
+        assert "errors" not in resp and "error" not in resp["data"], resp
+        assert resp["data"]["model_version"].startswith("geoseg-tiny-")
+        out = (tmp_path / "ml.log").read_text()
+        assert "tiny randomly initialised models" in out and ls.token not in out
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()
