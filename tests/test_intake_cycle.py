@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
 
 
 def test_query_written_in_label_studio_reaches_review_and_triplet(
-    prefect_harness, labelstudio_server, tiny_models_root, monkeypatch
+    prefect_harness, labelstudio_server, tiny_models_root, monkeypatch, capsys
 ):
     from flows.cycle import label_cycle_flow
     from flows.ingest import register_images
@@ -85,3 +85,17 @@ def test_query_written_in_label_studio_reaches_review_and_triplet(
         assert (trip.query, trip.level, trip.domain, trip.withdrawn) == ("the dark pond", "L1", "Nature", False)
         assert s.execute(sa.select(sa.func.count()).select_from(Item)).scalar_one() == 1
         assert s.execute(sa.select(sa.func.count()).select_from(Prediction)).scalar_one() == 1
+
+    # the CLI on the same settings (env + --data-dir): `geolabel intake pull --json`
+    import json
+
+    from flows.cli import main
+
+    monkeypatch.setenv("GEOLABEL_LABEL_STUDIO_URL", ls.url)
+    monkeypatch.setenv("GEOLABEL_IMAGERY_ROOTS", str(ls.imagery_root))
+    capsys.readouterr()
+    main(["intake", "pull", "--project-title", intake_title, "--data-dir", str(data_dir), "--json"])
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert (report["queries"], report["items_new"], report["tasks_created"]) == (1, 0, 0)
+    assert ls.token not in out
