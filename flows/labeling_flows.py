@@ -7,9 +7,10 @@
 
 Display renditions: browsers cannot show GeoTIFF, multi-band or 16-bit imagery, so Label Studio gets the RGB
 rendition of ``geoseg.imagery.read_image`` (PNG; PNG/JPEG sources are copied unchanged). With a local blob store the
-renditions are files ``<data_dir>/display/<image sha256>.<ext>`` served by Label Studio's local-files serving (its
-document root is ``imagery_roots[0]`` or the data dir, as ``labeling.server`` starts it); with an S3 blob store they are
-blobs and Label Studio gets presigned URLs. Masks refer to the rendition's pixel grid, which is the image's own.
+renditions are files ``<data_dir>/display/<image sha256>.<ext>`` served by Label Studio's local-files serving below
+the imagery root it serves (``imagery_roots[0]``, else the data dir: what ``labeling.server`` starts it with), so the
+data dir must lie below that root; with an S3 blob store they are blobs and Label Studio gets presigned
+URLs. Masks refer to the rendition's pixel grid, which is the image's own.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class SyncSummary:
         return asdict(self)
 
 
-def document_root(settings: Any) -> Path:
-    """The Label Studio local-files document root this project's server uses (see ``labeling.server``)."""
+def imagery_root(settings: Any) -> Path:
+    """The directory the project's Label Studio serves local files from (``LabelStudioServer.from_settings``)."""
     roots = settings.imagery_roots
     return Path(roots[0] if roots else settings.data_dir).resolve()
 
@@ -74,7 +75,7 @@ class DisplayImages:
 
         self.rt = rt
         self.s3 = str(rt.settings.blob_url).startswith("s3://")
-        self.root = document_root(rt.settings)
+        self.root = imagery_root(rt.settings)
         self.dir = Path(rt.settings.data_dir).resolve() / DISPLAY_DIR
         self.resolver = ImageUrlResolver(self.root)
         self._by_uri: dict[str, str] = {}
@@ -139,6 +140,9 @@ class DisplayImages:
             raise ValueError(f"{uri}: no displayable rendition was prepared") from None
 
 
+document_root = imagery_root  # the earlier name, kept for callers (flows.intake)
+
+
 def label_studio_client(settings: Any) -> Any:
     from labeling.client import LabelStudioClient
 
@@ -148,7 +152,7 @@ def label_studio_client(settings: Any) -> Any:
 def _project(client: Any, session: Any, settings: Any, title: str | None) -> Any:
     from labeling.project import DEFAULT_TITLE, ensure_project
 
-    handle = ensure_project(client, session, title or DEFAULT_TITLE, imagery_root=document_root(settings))
+    handle = ensure_project(client, session, title or DEFAULT_TITLE, imagery_root=imagery_root(settings))
     session.commit()
     return handle
 

@@ -32,6 +32,12 @@ def ls_env(labelstudio_server, monkeypatch):
     return labelstudio_server
 
 
+def _data_dir_beside(ls, name: str) -> Path:
+    """A data dir that the fixture's Label Studio can serve: its local-files document root is the parent of the
+    fixture's imagery root, and a data dir used as the imagery root (no imagery_roots set) must sit in that parent."""
+    return ls.imagery_root.parent / f"{name}-{uuid.uuid4().hex[:6]}"
+
+
 def _ls_tasks(client, project_id: int) -> list[dict]:
     return list(client.iter_tasks(project_id, fields="all"))
 
@@ -42,7 +48,7 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
     from flows.status import collect_status
 
     monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
-    data_dir = ls_env.imagery_root / f"demo-{uuid.uuid4().hex[:6]}"
+    data_dir = _data_dir_beside(ls_env, "demo")
     title = f"demo {uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("GEOLABEL_LABEL_STUDIO_URL", ls_env.url)
     lines: list[str] = []
@@ -63,17 +69,18 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
         assert t["data"]["query"] and len(t["predictions"]) == 1
         assert t["predictions"][0]["model_version"] == cyc["preannotate"]["model_version"]
         assert len(t["annotations"]) == 1
-    # every image URL names a browser-displayable file below Label Studio's local-files root (GeoTIFFs as PNG)
-    from urllib.parse import unquote
+    # every image is served by Label Studio as a browser-displayable file (GeoTIFFs as PNG renditions)
+    import httpx
 
     for t in tasks:
-        path = ls_env.imagery_root / unquote(t["data"]["image"].split("?d=", 1)[1])
-        assert path.is_file() and path.suffix in (".png", ".jpg")
-        assert path.read_bytes()[:3] in (b"\x89PN", b"\xff\xd8\xff")
+        assert t["data"]["image"].startswith("/data/local-files/?d=")
+        r = httpx.get(ls_env.url + t["data"]["image"], headers={"Authorization": f"Token {ls_env.token}"}, timeout=60)
+        assert r.status_code == 200, (t["data"]["image"], r.status_code)
+        assert r.content[:3] in (b"\x89PN", b"\xff\xd8\xff")
 
     acts = Counter(a.action for a in res.actions)
     assert sum(acts.values()) == len(tasks) and acts["reject"] >= 1 and acts["no target"] >= 1
-    st = collect_status(open_runtime(settings_from({"data_dir": str(data_dir), "label_studio_url": ls_env.url})))
+    st = collect_status(open_runtime(settings_from({"data_dir": str(data_dir)})))
     assert st["annotations"]["total"] == len(tasks)
     assert st["triplets"]["active"] == acts["accept"] + acts["correct"]
     assert res.reports["export"]["annotations"] == st["triplets"]["active"]
@@ -143,7 +150,7 @@ def test_killed_label_cycle_resumes_without_duplicates_or_losses(prefect_harness
 
     from flows.runtime import forget_runtimes
 
-    data_dir = ls_env.imagery_root / f"kill-{uuid.uuid4().hex[:6]}"
+    data_dir = _data_dir_beside(ls_env, "kill")
     overrides = {"data_dir": str(data_dir), "label_studio_url": ls_env.url}
     title = f"kill test {uuid.uuid4().hex[:6]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

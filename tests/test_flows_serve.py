@@ -42,7 +42,7 @@ def test_label_cycle_deployment_runs_on_a_real_prefect_server(prefect_server, la
     from flows.status import collect_status
 
     ls = labelstudio_server
-    overrides = {"data_dir": str(ls.imagery_root / f"serve-{uuid.uuid4().hex[:6]}"), "label_studio_url": ls.url}
+    overrides = {"data_dir": str(ls.imagery_root.parent / f"serve-{uuid.uuid4().hex[:6]}"), "label_studio_url": ls.url}
     script = (
         "from flows.serve import ServeConfig, serve_deployments\n"
         f"serve_deployments(ServeConfig(every_minutes=600, profile='py:benchmarks.bench_loop:instant_pipeline', "
