@@ -151,6 +151,10 @@ def _task_payload(
     }
 
 
+#: Pauses (seconds) before re-checking whether an import with an unknown outcome (a timeout) landed after all.
+UNKNOWN_OUTCOME_SETTLE_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+
+
 def _tasks_by_item(client: LabelStudioClient, project: ProjectHandle, item_ids: set[int]) -> dict[int, dict[str, Any]]:
     """The project's tasks whose ``data.item_id`` is in ``item_ids`` (the first one per item)."""
     found: dict[int, dict[str, Any]] = {}
@@ -224,7 +228,15 @@ def push_predictions(
         except LabelStudioUnavailableError as exc:
             # Unknown outcome (a timeout, a 500): find what arrived by item_id, import the rest once more.
             log.warning("push: import of %d tasks had an unknown outcome (%s); reconciling by item_id", len(sent), exc)
-            arrived = _tasks_by_item(client, project, {item.id for item, _ in sent})
+            wanted = {item.id for item, _ in sent}
+            arrived = _tasks_by_item(client, project, wanted)
+            for pause in UNKNOWN_OUTCOME_SETTLE_S if not arrived else ():
+                # a timed-out import may still be running in Label Studio (imports are all-or-nothing): give it time
+                # to land before importing again, or it lands later as a duplicate of the re-import
+                time.sleep(pause)
+                arrived = _tasks_by_item(client, project, wanted)
+                if arrived:
+                    break
             pairs = [((item, pred), arrived[item.id]["id"]) for item, pred in sent if item.id in arrived]
             report.reconciled += len(pairs)
             rest = [(t, ip) for t, ip in zip(tasks, sent, strict=True) if ip[0].id not in arrived]
