@@ -6,7 +6,10 @@
   ``cut()`` drops the live connections only (a dropped database connection mid-transaction).
 * :class:`HttpFaultProxy` -- an HTTP reverse proxy in front of Label Studio that forwards every request unchanged
   unless a scripted action says otherwise: ``{"status": 503}`` (answered by the proxy, never reaching the server),
-  ``{"sleep": 2.0}`` (then forwarded: slow server), ``{"drop": True}`` (connection closed without an answer). A
+  ``{"sleep": 2.0}`` (then forwarded: slow server), ``{"drop": True}`` (connection closed without an answer),
+  ``{"after": 500 | "drop" | "down"}`` (forwarded -- the server acts -- then the answer is replaced by a 500, lost,
+  or lost and the proxy stops listening: the server "died" right after acting); ``down()`` / ``up()`` stop and restart
+  listening on the same port (connection refused in between). A
   ``trigger(method, path, count)`` callback may return an action too (e.g. stop after the 2nd import).
 
 Both count what they forwarded, so a test can assert how many attempts a client made.
@@ -136,11 +139,34 @@ class HttpFaultProxy:
         self.actions: list[tuple[str, str, dict]] = []
         self._lock = threading.Lock()
         self._http = httpx.Client(base_url=self.target_url, timeout=300)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server: ThreadingHTTPServer | None = None
+        self.port = 0
+        self.up()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        """(Re)start listening on the same port: the server is back."""
+        if self._server is not None:
+            return
+        srv = None
+        for _ in range(50):
+            try:
+                srv = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert srv is not None, "could not listen again"
+        srv.daemon_threads = True
+        self.port = srv.server_address[1]
+        self._server = srv
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def down(self) -> None:
+        """Stop listening: clients get connection refused, as from a stopped server."""
+        srv, self._server = self._server, None
+        if srv is not None:
+            threading.Thread(target=lambda: (srv.shutdown(), srv.server_close()), daemon=True).start()
+            srv.socket.close()
 
     def __enter__(self) -> HttpFaultProxy:
         return self
@@ -149,8 +175,10 @@ class HttpFaultProxy:
         self.close()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        srv, self._server = self._server, None
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
         self._http.close()
 
     def queue(self, *actions: dict[str, Any]) -> None:
@@ -205,6 +233,21 @@ class HttpFaultProxy:
                     self.send_response(502)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                if "after" in action:  # the server DID act; the client is told otherwise / nothing
+                    after = action["after"]
+                    if after == "down":
+                        proxy.down()
+                    if after in ("drop", "down"):
+                        self.close_connection = True
+                        with contextlib.suppress(OSError):
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    data = b'{"detail": "injected fault after the server acted"}'
+                    self.send_response(int(after))
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
                     return
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
