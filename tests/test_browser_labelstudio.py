@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -152,3 +153,57 @@ def test_annotator_sees_image_query_prelabel_and_verdicts(geoseg_review_task, br
         assert loc.count() >= 1 and loc.first.is_visible(), choice
     page.screenshot(path=str(shots / "review_task_verdict.png"))
     assert (shots / "review_task.png").stat().st_size > 10_000
+
+
+def _login(page, ls) -> None:
+    creds = ls.server.credentials()
+    page.goto(ls.url + "/user/login/")
+    page.fill("#email", creds["email"])
+    page.fill("#password", creds["password"])
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/user/login" not in u, timeout=60_000)
+
+
+def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page, tmp_path):
+    """An annotator opens an intake task in the browser, types a query, picks a level and submits; the pull makes it
+    an item."""
+    from PIL import Image as PILImage
+
+    from labeling.intake import create_intake_tasks, ensure_intake_project, pull_queries
+    from labeling.push import ImageUrlResolver
+    from storage import repo
+    from storage.blobs import sha256_hex
+    from storage.models import Item
+    from storage.records import ImageRecord
+
+    ls, s = ls_project.ls, ls_project.session
+    shots = Path(os.environ.get("GEOLABEL_SCREENSHOT_DIR") or tmp_path)
+    dst = ls.imagery_root / f"intake-browser-{uuid.uuid4().hex[:6]}" / "SOAP_061.png"
+    dst.parent.mkdir()
+    shutil.copy(AERIAL / "SOAP_061.png", dst)
+    w, h = PILImage.open(dst).size
+    repo.upsert_image(s, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
+    s.commit()
+    proj = ensure_intake_project(ls.client, s, f"intake browser {uuid.uuid4().hex[:6]}", imagery_root=ls.imagery_root)
+    s.commit()
+    create_intake_tasks(ls.client, s, proj, ImageUrlResolver(ls.imagery_root))
+    (task,) = list(ls.client.iter_tasks(proj.ls_project_id))
+
+    page = browser_page
+    _login(page, ls)
+    page.goto(f"{ls.url}/projects/{proj.ls_project_id}/data?tab=0&task={task['id']}")
+    box = page.locator("textarea").first
+    box.wait_for(timeout=90_000)
+    box.fill("the gravel road along the clearing")
+    box.press("Shift+Enter")  # LSF adds a multi-row TextArea's text with Shift+Enter
+    page.get_by_text(re.compile(r"^L2(\[\d\])?$")).first.click()
+    page.screenshot(path=str(shots / "intake_task.png"))
+    page.get_by_role("button", name="Submit").click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ls.client.task_annotations(task["id"]):
+        time.sleep(0.3)
+    rep = pull_queries(ls.client, s, proj)
+    assert rep.items_new == 1 and rep.malformed == [], (rep, ls.client.task_annotations(task["id"]))
+    s.expire_all()
+    (item,) = s.query(Item).all()
+    assert (item.query, item.level) == ("the gravel road along the clearing", "L2")
