@@ -93,14 +93,14 @@ def test_slow_backend_gives_the_annotator_a_message_through_label_studio(review_
     proj, tid = review_task
     client, pid = proj.ls.client, proj.handle.ls_project_id
     app = create_app(
-        _rect_model(delay=3.0), MLBackendConfig(timeout_s=0.5, label_studio_url=proj.ls.url)
+        _rect_model(delay=5.0), MLBackendConfig(timeout_s=0.5, label_studio_url=proj.ls.url)
     )
     with serve(app) as url:
         row = connect_ml_backend(client, pid, url, title="slow")
         t0 = time.perf_counter()
         resp = client.request("POST", f"/api/ml/{row['id']}/interactive-annotating",
                               json_body={"task": tid, "context": {"query": "x"}})
-        assert time.perf_counter() - t0 < 2.5  # not Label Studio's 100 s predict timeout
+        assert time.perf_counter() - t0 < 2.8  # not Label Studio's 100 s predict timeout
         assert resp["data"]["result"] == [] and "did not answer within" in resp["data"]["error"]
 
 

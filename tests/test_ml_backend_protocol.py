@@ -84,7 +84,7 @@ def test_health_setup_predict_webhook():
     with serve(app) as url:
         t0 = time.perf_counter()
         h = httpx.get(url + "/health", timeout=1).json()  # Label Studio waits 1 s: answered while loading
-        assert time.perf_counter() - t0 < 0.5 and h["status"] == "UP" and h["models_loaded"] is False
+        assert time.perf_counter() - t0 < 1.0 and h["status"] == "UP" and h["models_loaded"] is False
         s = httpx.post(url + "/setup", json={"project": "1.1", "hostname": "http://x", "access_token": "secret"},
                        timeout=10)
         assert s.status_code == 200 and s.json() == {"model_version": "rect-v1"}
@@ -143,13 +143,13 @@ def test_concurrency_is_bounded():
 
 
 def test_slow_model_gives_a_clear_message_not_a_hang():
-    load = _rect_model(delay=3.0)
+    load = _rect_model(delay=5.0)
     app = create_app(load, MLBackendConfig(max_concurrency=1, timeout_s=0.5), fetch_image=_fetch)
     with serve(app) as url:
         httpx.post(url + "/setup", json={}, timeout=30)
         t0 = time.perf_counter()
         r = httpx.post(url + "/predict", json={"tasks": [_task()], "params": {"context": {}}}, timeout=10).json()
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 2.8
         (res,) = r["results"]
         assert res["result"] == [] and "did not answer within" in res["error"] and res["model_version"] == "rect-v1"
         # the slot is still held by the running model: the next request says the model is busy
@@ -157,7 +157,7 @@ def test_slow_model_gives_a_clear_message_not_a_hang():
         assert "result" not in r2["results"][0] and "busy" in r2["errors"][0]
         t0 = time.perf_counter()
         assert httpx.get(url + "/health", timeout=1).status_code == 200
-        assert time.perf_counter() - t0 < 0.5
+        assert time.perf_counter() - t0 < 1.0
 
 
 def test_failing_model_and_failed_load_are_reported():
