@@ -16,12 +16,14 @@ of their queries; a cancelled (skipped) annotation contributes nothing. The leve
 naming a query are written to the item (metadata only: they do not change predictions).
 
 Edits and deletions. Each intake task keeps a ledger in its Label Studio ``meta`` (``meta.geolabel.items``:
-query key -> item id) of the items it produced, written after the database commit. On every pull the current queries
-are compared with the ledger; a query that disappeared (the annotator deleted it, or edited its text: an edit is the
-old text gone plus the new text added) is *withdrawn from intake*:
+query key -> item id, and ``meta.geolabel.created``: the ids of the items intake itself created), written after the
+database commit (a crash in between only makes a new item look pre-existing, so it is kept rather than deleted).
+On every pull the current queries are compared with the ledger; a query that disappeared (the annotator deleted it,
+or edited its text: an edit is the old text gone plus the new text added) is *withdrawn from intake*:
 
-* an item with no prediction, no Label Studio review task and no annotation (status ``new``) is deleted: nothing was
-  done on it yet, so nothing is lost;
+* an item that intake created and that has no prediction, no Label Studio review task and no annotation (status
+  ``new``) is deleted: nothing was done on it yet, so nothing is lost;
+* an item that existed before the annotator wrote the query (e.g. from a queries file) is never deleted by intake;
 * an item that already has predictions or a review task is **kept** with all of its work (predictions, review task,
   annotations, triplets are never deleted by intake); the pull report lists it under ``kept`` so that a person can
   reject it in the review project if the query was wrong. It leaves the ledger, so it is reported once.
@@ -282,12 +284,29 @@ class PullReport:
         return asdict(self)
 
 
-def _ledger(task: Mapping[str, Any]) -> dict[str, int]:
+@dataclass(frozen=True)
+class Ledger:
+    """What an intake task produced: query key -> item id, and the ids of the items intake itself created."""
+
+    items: Mapping[str, int]
+    created: frozenset[int] = frozenset()
+
+    def meta(self) -> dict[str, Any]:
+        return {"items": dict(self.items), "created": sorted(self.created)}
+
+
+def _ids(values: Any) -> list[int]:
+    return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)] if values else []
+
+
+def _ledger(task: Mapping[str, Any]) -> Ledger:
     meta = task.get("meta") or {}
-    items = (meta.get(META_KEY) or {}).get("items") if isinstance(meta, Mapping) else None
-    if not isinstance(items, Mapping):
-        return {}
-    return {str(k): int(v) for k, v in items.items() if isinstance(v, int) and not isinstance(v, bool)}
+    raw = meta.get(META_KEY) if isinstance(meta, Mapping) else None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("items"), Mapping):
+        return Ledger({})
+    items = {str(k): int(v) for k, v in raw["items"].items() if isinstance(v, int) and not isinstance(v, bool)}
+    created = raw.get("created") if isinstance(raw.get("created"), list) else []
+    return Ledger(items, frozenset(_ids(created)))
 
 
 def _task_queries(task: Mapping[str, Any], report: PullReport) -> dict[str, IntakeQuery]:
@@ -330,7 +349,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     """
     report = PullReport()
     tasks = list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200))
-    plans: list[tuple[dict[str, Any], int, dict[str, IntakeQuery], dict[str, int]]] = []
+    plans: list[tuple[dict[str, Any], int, dict[str, IntakeQuery], Ledger]] = []
     shas = {(t.get("data") or {}).get("image_sha256") for t in tasks}
     q_img = sa.select(Image.sha256, Image.id).where(Image.sha256.in_([s for s in shas if s]))
     by_sha = dict(session.execute(q_img).tuples().all())
@@ -351,6 +370,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
             existing.setdefault((it.image_id, query_key(it.query)), it)
 
     new_records: list[ItemRecord] = []
+    new_ids: set[int] = set()
     for _task, image_id, queries, _ in plans:
         for k, q in queries.items():
             it = existing.get((image_id, k))
@@ -370,19 +390,21 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
         for (image_id, k), r in uniq.items():
             it = session.get(Item, ids[(image_id, r.query)])
             existing[(image_id, k)] = it
+            new_ids.add(it.id)
 
     # withdrawn queries: in a task's ledger, no longer written on it
-    withdrawn: dict[int, str] = {}
-    new_ledgers: dict[int, dict[str, int]] = {}
+    withdrawn: dict[int, bool] = {}  # item id -> created by intake (deletable when untouched)
+    new_ledgers: dict[int, Ledger] = {}
     for task, image_id, queries, ledger in plans:
         current = {k: existing[(image_id, k)].id for k in queries}
         report.queries += len(current)
         report.item_ids.extend(current.values())
-        for k, iid in ledger.items():
+        for k, iid in ledger.items.items():
             if k not in current:
-                withdrawn[iid] = k
-        if current != ledger:
-            new_ledgers[int(task["id"])] = current
+                withdrawn[iid] = iid in ledger.created
+        created = frozenset((ledger.created | new_ids) & set(current.values()))
+        if (current, created) != (dict(ledger.items), ledger.created):
+            new_ledgers[int(task["id"])] = Ledger(current, created)
     still_written = set(report.item_ids)  # the same item may still be written on another task of the same image
     gone = sorted(i for i in withdrawn if i not in still_written)
     if gone:
@@ -393,6 +415,8 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
                 continue  # deleted by an earlier pull whose ledger write did not happen
             if iid in work:
                 report.kept.append((iid, item.query, work[iid]))
+            elif not withdrawn[iid]:
+                report.kept.append((iid, item.query, "an origin outside intake (e.g. a queries file)"))
             else:
                 report.deleted.append((iid, item.query))
                 session.delete(item)
@@ -400,7 +424,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     for task_id, ledger in new_ledgers.items():
         task = next(t for t, *_ in plans if int(t["id"]) == task_id)
         meta = dict(task.get("meta") or {})
-        meta[META_KEY] = {"items": ledger}
+        meta[META_KEY] = ledger.meta()
         client.request("PATCH", f"/api/tasks/{task_id}", json_body={"meta": meta})
     if report.kept:
         log.warning(
