@@ -180,22 +180,36 @@ def _load_rgb(rt: Runtime, work: ImageWork) -> Any:
     return read_image(data, name=work.uri).rgb
 
 
+def global_limit_exists() -> bool:
+    """Whether the Prefect API has the global concurrency limit :data:`MODEL_CONCURRENCY_LIMIT` (checked per run)."""
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(MODEL_CONCURRENCY_LIMIT)
+        return True
+    except Exception:  # noqa: BLE001 - not found, or no API: the local semaphore still limits this process
+        return False
+
+
 @contextlib.contextmanager
-def model_slot(concurrency: int):
+def model_slot(concurrency: int, use_global: bool = False):
     """Hold one of ``concurrency`` local model slots, and a server-side slot when the global limit exists."""
     sem = _model_slots.setdefault(concurrency, threading.BoundedSemaphore(concurrency))
     with sem:
-        try:
+        if use_global:
             from prefect.concurrency.sync import concurrency as global_concurrency
 
             cm = global_concurrency(MODEL_CONCURRENCY_LIMIT, occupy=1, strict=False)
-        except Exception:  # noqa: BLE001 - no API / older server: the local semaphore still limits this process
+        else:
             cm = contextlib.nullcontext()
         with cm:
             yield
 
 
-def predict_batch(rt: Runtime, profile: str, batch: list[ImageWork], concurrency: int = 1) -> BatchOutcome:
+def predict_batch(
+    rt: Runtime, profile: str, batch: list[ImageWork], concurrency: int = 1, use_global: bool = False
+) -> BatchOutcome:
     """Run the pipeline on one batch and store masks + predictions in one transaction."""
     from storage import repo
     from storage.maskcodec import encode_mask
@@ -216,10 +230,10 @@ def predict_batch(rt: Runtime, profile: str, batch: list[ImageWork], concurrency
                 errors.append((it.item_id, f"{type(exc).__name__}: {exc}"))
             continue
         inputs.extend((it.item_id, rgb, it.query) for it in work.items)
-    t_model = time.perf_counter()
-    with model_slot(concurrency):
+    with model_slot(concurrency, use_global):
+        t_model = time.perf_counter()  # inside the slot: waiting for a slot is not model time
         results = list(pipeline.run_batch(inputs, batch_size=max(1, len(inputs)))) if inputs else []
-    seconds_model = time.perf_counter() - t_model
+        seconds_model = time.perf_counter() - t_model
     masks: list[bytes] = []
     ok: list[tuple[int, Any]] = []
     for item_id, res in results:
@@ -251,9 +265,13 @@ def _score(result: Any) -> float:
 
 @task(name="predict-batch", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
 def predict_batch_task(
-    settings_overrides: dict[str, Any] | None, profile: str, batch: list[ImageWork], concurrency: int
+    settings_overrides: dict[str, Any] | None,
+    profile: str,
+    batch: list[ImageWork],
+    concurrency: int,
+    use_global: bool = False,
 ) -> BatchOutcome:
-    return predict_batch(open_runtime(settings_from(settings_overrides)), profile, batch, concurrency)
+    return predict_batch(open_runtime(settings_from(settings_overrides)), profile, batch, concurrency, use_global)
 
 
 @flow(name="preannotate", log_prints=True)
@@ -283,7 +301,12 @@ def preannotate_flow(
         meaningless = bool(getattr(get_pipeline(profile), "is_meaningless", False))
         if meaningless:
             log.warning("preannotate: %s", TINY_MODEL_WARNING)
-    futures = [predict_batch_task.submit(settings_overrides, profile, b, concurrency) for b in batches]
+    use_global = bool(batches) and global_limit_exists()
+    if use_global:
+        log.info(
+            "preannotate: each batch also takes a slot of the global concurrency limit %r", MODEL_CONCURRENCY_LIMIT
+        )
+    futures = [predict_batch_task.submit(settings_overrides, profile, b, concurrency, use_global) for b in batches]
     predicted = failed = 0
     seconds_model = 0.0
     errors: list[tuple[int, str]] = []

@@ -178,3 +178,42 @@ def test_tiny_models_real_code_path(prefect_harness, tmp_path, tiny_models_root,
         if p.error is None:  # tiny masks are meaningless: check shape and bookkeeping only
             assert decode_mask(rt.blobs.get(p.mask_sha256)).dtype == np.bool_
             assert p.route in ("intersection", "point", "text", "empty")
+
+
+def test_global_concurrency_limit_bounds_the_model_stage(prefect_harness, tmp_path):
+    """With a Prefect global concurrency limit `geolabel-model` of 1 (how several GPU workers share a limit), three
+    local slots still run one batch at a time."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from benchmarks.bench_loop import InstantMatcher, InstantSegmenter, instant_config
+    from flows.preannotate import MODEL_CONCURRENCY_LIMIT
+    from geoseg.pipeline import GeoSegPipeline
+
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class Counting(InstantGrounder):
+        def ground(self, image, query):
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            try:
+                return super().ground(image, query)
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+    register_pipeline_factory(
+        "instant-gcl", lambda: GeoSegPipeline(instant_config(), Counting(0.05), InstantMatcher(), InstantSegmenter())
+    )
+    overrides = _ingested(tmp_path)
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=MODEL_CONCURRENCY_LIMIT, limit=1))
+    try:
+        rep = preannotate_flow("instant-gcl", settings_overrides=overrides, batch_size=2, concurrency=3)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(MODEL_CONCURRENCY_LIMIT)
+    assert rep.predicted == 10 and rep.batches == 5
+    assert state["max"] == 1
