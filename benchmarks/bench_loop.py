@@ -181,7 +181,15 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
 
             t = time.perf_counter()
             pushed = push_flow(profile, settings_overrides=overrides, batch_size=push_batch, project_title="bench loop")
-            out["stages"].append(_stage("push", pushed.pushed, time.perf_counter() - t, ls_requests=pushed.requests))
+            out["stages"].append(
+                _stage(
+                    "push",
+                    pushed.pushed,
+                    time.perf_counter() - t,
+                    ls_requests=pushed.requests,
+                    push_predictions_seconds=round(pushed.seconds, 3),  # labeling.push itself, without flow overhead
+                )
+            )
 
             rt = open_runtime(settings_from(overrides))
             with label_studio_client(rt.settings) as client:
@@ -230,8 +238,18 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
             out["stages"].append(_stage("export", exp["annotations"], time.perf_counter() - t))
     finally:
         srv.stop()
-    push_rate = next(s["items_per_s"] for s in out["stages"] if s["stage"] == "push")
-    out["push_vs_raw"] = round(push_rate / out["raw_import"]["items_per_s"], 3)
+    by = {s["stage"]: s for s in out["stages"]}
+    out["push_vs_raw"] = round(by["push"]["items_per_s"] / out["raw_import"]["items_per_s"], 3)
+    # orchestration per item = stage time minus the Label Studio work it cannot avoid (its ceiling, same run)
+    n = max(1, by["push"]["items"])
+    by["push"]["orchestration_ms_per_item"] = round(
+        1000 * (by["push"]["seconds"] - out["raw_import"]["seconds"]) / n, 2
+    )
+    if "raw_read" in out and by["sync"]["items"]:
+        extra = by["sync"]["seconds"] - out["raw_read"]["seconds"]
+        by["sync"]["orchestration_ms_per_item"] = round(1000 * extra / by["sync"]["items"], 2)
+    for name in ("ingest", "export"):
+        by[name]["orchestration_ms_per_item"] = by[name]["ms_per_item"]  # no model or Label Studio work inside
     return out
 
 
@@ -251,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     for s in [*res["stages"], res["raw_import"], *([res["raw_read"]] if "raw_read" in res else [])]:
         print(f"{s['stage']:<32}{s['items']:>7}{s['seconds']:>10}{s['items_per_s']!s:>10}{s['ms_per_item']!s:>10}")
     print(f"push / raw import rate: {res['push_vs_raw']}")
+    orch = {s["stage"]: s.get("orchestration_ms_per_item") for s in res["stages"]}
+    print(f"orchestration ms/item (stage time minus model or Label Studio ceiling): {orch}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 
