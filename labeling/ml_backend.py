@@ -12,13 +12,15 @@ Endpoints (what Label Studio 1.23's ``ml/api_connector.py`` calls):
 * ``POST /webhook`` -> acknowledges Label Studio's events (``{"status": "ok"}``); nothing to train.
 
 Models load once, in the background at start-up (:class:`ModelHandle` from ``load_model``); at most
-``max_concurrency`` predictions run at once (a semaphore and a thread pool of that size), each request has a deadline
-(``timeout_s``, queueing included). A request that misses it, or whose model raises, gets a clear message instead of
-a hung UI: for an interactive request the single result has an empty ``result`` and an ``error`` text (Label Studio
-passes it through to the client as ``data.error``); in a batch (Label Studio's "Retrieve predictions") the failed
-task's entry has no ``result``, so Label Studio stores no misleading empty pre-label for it, and the message is
-logged here and returned in ``errors``. A model that is still busy with a timed-out request keeps its slot until it
-finishes, so the bound holds.
+``max_concurrency`` predictions run at once (an asyncio semaphore in front of a thread pool of that size). An
+interactive request has a deadline (``timeout_s``, queueing included); a batch request ("Retrieve predictions") gives
+each task ``timeout_s`` once it has a slot and stops within ``batch_budget_s``, answering with what is done before
+Label Studio's own 100 s predict timeout would discard it all. A request that misses its deadline, or whose model
+raises, gets a clear message instead of a hung UI: for an interactive request the single result has an empty
+``result`` and an ``error`` text (Label Studio passes it through to the client as ``data.error``); in a batch the
+failed task's entry has no ``result``, so Label Studio stores no misleading empty pre-label for it (retrieving again
+continues with those tasks), and the message is logged here and returned in ``errors``. A model still busy with a
+timed-out request keeps its slot until it finishes, so the bound holds.
 
 Each prediction carries ``model_version``; with meaningless (tiny random) models, every brush region carries the
 warning as region ``meta.text`` and the response as ``warning``.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -70,7 +73,11 @@ class ModelHandle:
 @dataclass(frozen=True)
 class MLBackendConfig:
     max_concurrency: int = 1
-    timeout_s: float = 30.0  # per /predict task, waiting for a slot included
+    timeout_s: float = 30.0  # per interactive /predict request (waiting for a slot included), per task in a batch
+    #: A batch request (Label Studio's "Retrieve predictions") stops starting tasks after this many seconds and answers
+    #: with what is done, under Label Studio's own 100 s ML_TIMEOUT_PREDICT (which would discard the whole answer);
+    #: the tasks left get an error entry and no prediction, so retrieving again continues with them.
+    batch_budget_s: float = 80.0
     load_timeout_s: float = 600.0
     label_studio_url: str | None = None  # where relative /data/... image URLs live; default: the /setup hostname
     label_studio_token: str | None = None  # default: the /setup access token
@@ -84,6 +91,8 @@ class MLBackendConfig:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not self.batch_budget_s > 0:
+            raise ValueError(f"batch_budget_s must be > 0, got {self.batch_budget_s}")
         object.__setattr__(self, "allowed_image_origins", tuple(_origin(o) for o in self.allowed_image_origins))
 
     def __repr__(self) -> str:  # the token stays out of reprs and logs
@@ -154,6 +163,12 @@ def context_query(context: Any) -> str | None:
     return None
 
 
+def _release_in(loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore) -> None:
+    """Give a model slot back from the worker thread (no-op once the server's loop has closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(slots.release)
+
+
 class GeoSegMLBackend:
     """The backend's state: the model (loaded once), the concurrency bound, the Label Studio connection."""
 
@@ -174,7 +189,7 @@ class GeoSegMLBackend:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.config.max_concurrency, thread_name_prefix="geoseg-ml"
         )
-        self._slots = threading.BoundedSemaphore(self.config.max_concurrency)
+        self._slots: asyncio.Semaphore | None = None  # made in the serving event loop
         self._ls_host: str | None = self.config.label_studio_url
         self._ls_token: str | None = self.config.label_studio_token
         self._fetch_image = fetch_image
@@ -267,29 +282,55 @@ class GeoSegMLBackend:
             with self._count_lock:
                 self.in_flight -= 1
 
-    async def predict_one(self, task: Mapping[str, Any], query_override: str | None) -> dict[str, Any]:
-        """One task -> ``{"result", "score", "model_version"}`` or ``{"error", "model_version"}``."""
-        deadline = time.monotonic() + self.config.timeout_s
+    async def predict_one(
+        self, task: Mapping[str, Any], query_override: str | None, *, batch_start: float | None = None
+    ) -> dict[str, Any]:
+        """One task -> ``{"result", "score", "model_version"}`` or ``{"error", "model_version"}``.
+
+        Interactive (``batch_start`` None): everything, queueing included, within ``timeout_s``. In a batch: a slot
+        must be had within the batch budget, then the model gets ``timeout_s``, never past the budget's end.
+        """
+        now = time.monotonic()
+        if batch_start is None:
+            queue_end = run_end = now + self.config.timeout_s
+            waited = f"{self.config.timeout_s:g} s"
+        else:
+            queue_end = batch_start + self.config.batch_budget_s
+            run_end = queue_end
+            waited = f"this request's {self.config.batch_budget_s:g} s budget; retrieve predictions again to continue"
         data = task.get("data") or {}
         task_id = task.get("id")
         mv = self.model_version
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        slots = self._slots
         try:
             query = query_override or data.get("query")
             if not isinstance(query, str) or not query.strip():
                 raise ValueError("the task has no query (data.query) and the request carried none")
-            model = await asyncio.to_thread(self.model, max(0.0, deadline - time.monotonic()))
+            model = await asyncio.to_thread(self.model, max(0.0, queue_end - time.monotonic()))
             mv = model.model_version
-            got = await asyncio.to_thread(self._slots.acquire, True, max(0.0, deadline - time.monotonic()))
-            if not got:
-                raise PredictionTimeoutError(
-                    f"GeoSeg is busy ({self.config.max_concurrency} prediction(s) running); no slot within "
-                    f"{self.config.timeout_s:g} s, try again"
-                )
-            fut = self._pool.submit(self._run, model, data.get("image"), query.strip())
-            fut.add_done_callback(lambda _f: self._slots.release())  # the slot is held until the model returns
             try:
-                sug = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, deadline - time.monotonic()))
+                await asyncio.wait_for(slots.acquire(), max(0.0, queue_end - time.monotonic()))
             except TimeoutError:
+                raise PredictionTimeoutError(
+                    f"GeoSeg is busy ({self.config.max_concurrency} prediction(s) running); no slot within {waited}"
+                ) from None
+            started = time.monotonic()
+            try:
+                fut = self._pool.submit(self._run, model, data.get("image"), query.strip())
+            except BaseException:
+                slots.release()
+                raise
+            # the slot is held until the model returns, also after this request gave up on it
+            fut.add_done_callback(lambda _f: _release_in(loop, slots))
+            budget = min(started + self.config.timeout_s, run_end) - time.monotonic()
+            try:
+                sug = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.0, budget))
+            except TimeoutError:
+                if batch_start is not None and run_end < started + self.config.timeout_s:  # cut by the batch budget
+                    raise PredictionTimeoutError(f"GeoSeg did not finish within {waited}") from None
                 raise PredictionTimeoutError(
                     f"GeoSeg did not answer within {self.config.timeout_s:g} s (slow model or large image); "
                     "try again later or ask an admin to raise the backend's --timeout"
@@ -315,7 +356,10 @@ class GeoSegMLBackend:
         context = params.get("context") if isinstance(params, Mapping) else None
         override = context_query(context)
         interactive = context is not None
-        outs = await asyncio.gather(*(self.predict_one(t if isinstance(t, Mapping) else {}, override) for t in tasks))
+        start = None if interactive else time.monotonic()
+        outs = await asyncio.gather(
+            *(self.predict_one(t if isinstance(t, Mapping) else {}, override, batch_start=start) for t in tasks)
+        )
         errors = [o["error"] for o in outs if "error" in o]
         if interactive:  # Label Studio returns results[0] to the annotator's client: keep the message visible there
             outs = [{"result": [], "score": 0.0, **o} if "error" in o else o for o in outs]
@@ -358,7 +402,6 @@ def create_app(
     ``model_version``, when known before the models load, lets ``/setup`` answer at once (Label Studio gives it 3 s)
     while a large model is still loading; without it ``/setup`` waits up to 2.5 s for the load.
     """
-    import contextlib
 
     from starlette.applications import Starlette
     from starlette.requests import Request

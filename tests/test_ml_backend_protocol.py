@@ -144,7 +144,7 @@ def test_concurrency_is_bounded():
 
 def test_slow_model_gives_a_clear_message_not_a_hang():
     load = _rect_model(delay=5.0)
-    app = create_app(load, MLBackendConfig(max_concurrency=1, timeout_s=0.5), fetch_image=_fetch)
+    app = create_app(load, MLBackendConfig(max_concurrency=1, timeout_s=0.5, batch_budget_s=1.0), fetch_image=_fetch)
     with serve(app) as url:
         httpx.post(url + "/setup", json={}, timeout=30)
         t0 = time.perf_counter()
@@ -201,3 +201,21 @@ def test_task_images_only_from_label_studio_or_allowed_origins():
         task["data"]["image"] = "file:///etc/passwd"
         r = httpx.post(url + "/predict", json={"tasks": [task]}, timeout=10).json()
         assert "neither http(s) nor a Label Studio /data/ path" in r["errors"][0]
+
+
+def test_batch_answers_within_its_budget_with_what_is_done():
+    """"Retrieve predictions" on many tasks: the answer comes before Label Studio's own predict timeout would discard
+    it; finished tasks carry results, the others an error and no result (Label Studio stores nothing for them)."""
+    load = _rect_model(delay=0.4)
+    cfg = MLBackendConfig(max_concurrency=1, timeout_s=5, batch_budget_s=1.5)
+    app = create_app(load, cfg, fetch_image=_fetch)
+    with serve(app) as url:
+        httpx.post(url + "/setup", json={}, timeout=30)
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/predict", json={"tasks": [_task(i) for i in range(10)]}, timeout=30).json()
+        wall = time.perf_counter() - t0
+        done = [o for o in r["results"] if "result" in o]
+        left = [o for o in r["results"] if "error" in o]
+        assert len(r["results"]) == 10 and 1 <= len(done) <= 5 and len(done) + len(left) == 10
+        assert all("retrieve predictions again" in o["error"] for o in left)
+        assert wall < 1.5 + 0.4 + 1.5  # budget + one running model + slack on a loaded machine
