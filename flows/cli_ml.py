@@ -57,7 +57,12 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(9090, "--port", help="Port to listen on."),
         profile: str = typer.Option("tiny", "--profile", help="GeoSeg profile: tiny, paper or a profile file."),
         concurrency: int = typer.Option(1, "--concurrency", help="Predictions that may run at once."),
-        timeout: float = typer.Option(30.0, "--timeout", help="Seconds per prediction (queueing included)."),
+        timeout: float = typer.Option(
+            30.0, "--timeout", help="Seconds per interactive prediction (queueing included), per task in a batch."
+        ),
+        batch_budget: float = typer.Option(
+            80.0, "--batch-budget", help="Seconds a batch (Retrieve predictions) may take; under Label Studio's 100."
+        ),
         connect: bool = typer.Option(
             False, "--connect", help="Connect it to the review project of the configured Label Studio."
         ),
@@ -80,6 +85,7 @@ def register(app: typer.Typer) -> None:
         cfg = MLBackendConfig(
             max_concurrency=concurrency,
             timeout_s=timeout,
+            batch_budget_s=batch_budget,
             label_studio_url=settings.label_studio_url,
             label_studio_token=token.get_secret_value() if token else None,
             allowed_image_origins=tuple(allow_image_origin)
