@@ -158,6 +158,8 @@ class _Bits:
     def window(self, pos: np.ndarray) -> np.ndarray:
         """The 64 bits starting at each bit position ``pos`` (first bit in the most significant place)."""
         k = pos >> 6
+        if k.size and int(k.max()) + 1 >= self.words.size:  # a corrupt record points past the data
+            raise BrushRLEError("brush RLE corrupt: a record reads past the end of the data")
         off = (pos & 63).astype(np.uint64)
         # (b >> 1) >> (63 - off) == b >> (64 - off) without a shift by 64 when off == 0.
         return (self.words[k] << off) | ((self.words[k + 1] >> np.uint64(1)) >> (np.uint64(63) - off))
@@ -182,8 +184,9 @@ def _as_bytes(rle: Sequence[int] | bytes | np.ndarray) -> bytes:
         if rle.size and (rle.min() < 0 or rle.max() > 255):
             raise BrushRLEError("brush RLE values must be bytes (0..255)")
         return rle.astype(np.uint8).tobytes()
-    if isinstance(rle, str):
-        raise BrushRLEError("brush RLE must be a list of byte values, got a string")
+    if isinstance(rle, str | int | float) or rle is None:  # bytes(10**9) would allocate a gigabyte of zeros
+        kind = "a string" if isinstance(rle, str) else type(rle).__name__
+        raise BrushRLEError(f"brush RLE must be a list of byte values, got {kind}")
     try:
         return bytes(rle)
     except (TypeError, ValueError) as exc:
