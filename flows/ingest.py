@@ -113,16 +113,21 @@ def parse_queries(data: bytes | str, name: str = "<queries>") -> tuple[list[Quer
             raw_rows.append((n, obj, None))
     else:
         delim = "\t" if suffix == ".tsv" else ","
-        reader = csv.DictReader(io.StringIO(text), delimiter=delim)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "image" not in cols or "query" not in cols:
-            raise QueriesError(f"{name}: the CSV header must name the columns image and query, got {reader.fieldnames}")
-        for rec in reader:
-            n = reader.line_num
-            if None in rec:
-                raw_rows.append((n, None, f"more fields than the header has columns: {rec[None]!r}"))
-                continue
-            raw_rows.append((n, {k.strip().lower(): v for k, v in rec.items() if k is not None}, None))
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+        try:
+            cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+            if "image" not in cols or "query" not in cols:
+                raise QueriesError(
+                    f"{name}: the CSV header must name the columns image and query, got {reader.fieldnames}"
+                )
+            for rec in reader:
+                n = reader.line_num
+                if None in rec:
+                    raw_rows.append((n, None, f"more fields than the header has columns: {rec[None]!r}"))
+                    continue
+                raw_rows.append((n, {k.strip().lower(): v for k, v in rec.items() if k is not None}, None))
+        except csv.Error as exc:  # malformed CSV (stray CR, a 128 KB field, ...): say where, never a raw csv.Error
+            raise QueriesError(f"{name}: malformed CSV at line {reader.line_num}: {exc}") from None
     rows: list[QueryRow] = []
     issues: list[IngestIssue] = []
     seen: dict[tuple[str, str], int] = {}
