@@ -407,6 +407,23 @@ def test_annotations_with_wrong_size_unknown_label_or_garbage_rle_are_reported_a
 def test_catalogue_size():
     n = (
         len(REJECTED_IMAGES) + 1 + len(ACCEPTED_IMAGES) + 1 + 2 + len(QUERY_ROWS) + 1 + 1 + len(UNICODE_QUERIES)
-        + len(INJECTIONS) + 1 + len(GROUNDER_ANSWERS) + 4
+        + len(INJECTIONS) + 1 + len(GROUNDER_ANSWERS) + 4 + 2
     )
     assert n >= 40, n
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['image,query\na.png,"' + "x" * 200_000 + '"\n', "image,query\na.png,the\rroof\nb.png,ok\n"],
+    ids=["200k-character-field", "stray-carriage-return"],
+)
+def test_malformed_csv_is_a_clear_error_not_a_crash(text):
+    from flows.ingest import QueriesError, parse_queries
+
+    try:
+        rows, issues = parse_queries(text, name="q.csv")
+    except QueriesError as exc:
+        assert "q.csv" in str(exc) and "line" in str(exc)
+        return
+    # an unquoted CR ends a line (old Mac line endings): the stray half-row is reported, the others go on
+    assert [r.image for r in rows] == ["a.png", "b.png"] and [i.line for i in issues] == [3]
