@@ -45,10 +45,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from labeling.client import LabelStudioClient, LabelStudioError, LabelStudioRequestError
-from labeling.project import ProjectHandle
+from labeling.client import LabelStudioClient
+from labeling.project import ProjectHandle, ensure_project
 from storage import repo
-from storage.models import Annotation, Image, Item, LabelProject, LabelTask, Prediction
+from storage.models import Annotation, Image, Item, LabelTask, Prediction
 from storage.records import LEVELS, MAX_QUERY_CHARS, ItemRecord
 
 log = logging.getLogger(__name__)
@@ -177,44 +177,14 @@ def ensure_intake_project(
     imagery_root: str | Path | None = None,
 ) -> ProjectHandle:
     """Find (database row, then title) or create the intake project; record it in the database (caller commits)."""
-    title = title.strip()
-    if len(title) < 3:
-        raise ValueError(f"project title must have at least 3 characters, got {title!r}")
-    project = None
-    for row in session.scalars(
-        sa.select(LabelProject)
-        .where(LabelProject.label_studio_url == client.url, LabelProject.title == title)
-        .order_by(LabelProject.id)
-    ):
-        try:
-            project = client.get_project(row.ls_project_id)
-            break
-        except LabelStudioRequestError as exc:
-            if exc.status_code != 404:
-                raise
-    if project is None:
-        matches = [p for p in client.projects(title=title) if p.get("title") == title]
-        project = min(matches, key=lambda p: p["id"]) if matches else None
-    created = project is None
-    if created:
-        project = client.create_project(
-            title, INTAKE_CONFIG, "Write what should be segmented on each image: one query per line."
-        )
-    elif "".join(project.get("label_config", "").split()) != "".join(INTAKE_CONFIG.split()):
-        try:
-            project = client.update_project(project["id"], label_config=INTAKE_CONFIG)
-        except LabelStudioError as exc:
-            raise LabelStudioError(
-                f"project {project['id']} ({title!r}) has another labeling config that Label Studio refused to "
-                f"replace with the intake config: {exc}"
-            ) from exc
-    pid = int(project["id"])
-    if imagery_root is not None:
-        path = str(Path(imagery_root).expanduser().resolve())
-        if not any(s.get("path") == path for s in client.local_storages(pid)):
-            client.create_local_storage(pid, path, title="geolabel imagery")
-    row_id = repo.upsert_label_project(session, client.url, pid, title)
-    return ProjectHandle(label_project_id=row_id, ls_project_id=pid, title=title, url=client.url, created=created)
+    return ensure_project(
+        client,
+        session,
+        title,
+        imagery_root=imagery_root,
+        description="Write what should be segmented on each image: one query per line.",
+        config=INTAKE_CONFIG,
+    )
 
 
 @dataclass

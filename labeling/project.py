@@ -57,12 +57,17 @@ def ensure_project(
     *,
     imagery_root: str | Path | None = None,
     description: str = "Verify GeoSeg pre-labels: correct the mask, then choose accept / no target / reject.",
+    config: str | None = None,
 ) -> ProjectHandle:
-    """Find or create the verification project; record it in the database (commit is the caller's)."""
+    """Find (database row, then title) or create a project; record it in the database (commit is the caller's).
+
+    ``config`` is the labeling config (default: the verification project's, :func:`label_config`); an existing
+    project with another config is updated to it.
+    """
     title = title.strip()
     if len(title) < 3:
         raise ValueError(f"project title must have at least 3 characters, got {title!r}")
-    config = label_config()
+    config = label_config() if config is None else config
     project = None
     for row in session.scalars(
         sa.select(LabelProject)
