@@ -161,7 +161,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
-    from labeling.push import push_predictions
+    from labeling.push import PushJob, push_predictions
     from storage import repo
     from storage.models import Image
 
@@ -169,6 +169,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
     with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
         handle = _project(client, session, rt.settings, project_title)
         pending = repo.predictions_awaiting_push(session, handle.label_project_id, model_version)
+        jobs = [PushJob.of(item, item.image, pred) for item, pred in pending]  # plain values, read once
         image_ids = sorted({item.image_id for item, _ in pending})
         images = []
         for chunk_start in range(0, len(image_ids), 500):
@@ -179,7 +180,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         for uri, err in display.prepare([tuple(r) for r in images]):
             log.warning("push: no displayable rendition for %s: %s", uri, err)
         rep = push_predictions(
-            client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size
+            client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs
         )
         session.commit()
     for item_id, msg in rep.failed[:20]:

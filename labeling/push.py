@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,26 +130,77 @@ class PushReport:
         return self.pushed / self.seconds if self.seconds > 0 else 0.0
 
 
-def _task_payload(
-    item: Item, image: Image, pred: Prediction, blobs: BlobStore, image_url: Callable[[str], str]
-) -> dict[str, Any]:
-    if pred.mask_sha256:
-        mask = decode_mask(blobs.get(pred.mask_sha256), shape=(image.height, image.width))
+@dataclass(frozen=True)
+class PushJob:
+    """What one task payload needs, copied out of the ORM rows (plain values: safe to use in a worker thread while
+    the session commits and expires its objects)."""
+
+    item_id: int
+    query: str
+    image_uri: str
+    image_sha256: str
+    height: int
+    width: int
+    prediction_id: int
+    model_version: str
+    mask_sha256: str | None
+    score: float | None
+
+    @classmethod
+    def of(cls, item: Item, image: Image, pred: Prediction) -> PushJob:
+        return cls(
+            item_id=int(item.id),
+            query=item.query,
+            image_uri=image.uri,
+            image_sha256=image.sha256,
+            height=image.height,  # checked per item by decode_mask (a bad row fails that item only)
+            width=image.width,
+            prediction_id=int(pred.id),
+            model_version=pred.model_version,
+            mask_sha256=pred.mask_sha256,
+            score=pred.score,
+        )
+
+
+def job_payload(job: PushJob, blobs: BlobStore, image_url: Callable[[str], str]) -> dict[str, Any]:
+    """The Label Studio task (data + one prediction) of ``job``.
+
+    The stored mask is decoded in whatever memory order is cheapest (COCO RLE comes out Fortran-ordered) and brush
+    encoded from that without a transpose: the same bytes as from the C-ordered mask.
+    """
+    if job.mask_sha256:
+        mask = decode_mask(blobs.get(job.mask_sha256), shape=(job.height, job.width), contiguous=False)
         result = brush_result(mask)
     else:
         result = []
-    prediction: dict[str, Any] = {"model_version": pred.model_version, "result": result}
-    if pred.score is not None:
-        prediction["score"] = float(pred.score)
+    prediction: dict[str, Any] = {"model_version": job.model_version, "result": result}
+    if job.score is not None:
+        prediction["score"] = float(job.score)
     return {
         "data": {
-            "image": image_url(image.uri),
-            "query": item.query,
-            "item_id": int(item.id),
-            "image_sha256": image.sha256,
+            "image": image_url(job.image_uri),
+            "query": job.query,
+            "item_id": job.item_id,
+            "image_sha256": job.image_sha256,
         },
         "predictions": [prediction],
     }
+
+
+def _build_batch(
+    batch: list[PushJob], blobs: BlobStore, image_url: Callable[[str], str]
+) -> tuple[list[dict[str, Any]], list[PushJob], list[tuple[int, str]]]:
+    """Payloads of one batch: (tasks, their jobs, (item id, reason) of the items whose payload failed)."""
+    tasks: list[dict[str, Any]] = []
+    sent: list[PushJob] = []
+    failed: list[tuple[int, str]] = []
+    for job in batch:
+        try:
+            tasks.append(job_payload(job, blobs, image_url))
+            sent.append(job)
+        except Exception as exc:  # a missing blob, an image outside the root: recorded, the batch goes on
+            failed.append((job.item_id, f"{type(exc).__name__}: {exc}"))
+    return tasks, sent, failed
 
 
 #: Pauses (seconds) before re-checking whether an import with an unknown outcome (a timeout) landed after all.
@@ -165,6 +217,71 @@ def _tasks_by_item(client: LabelStudioClient, project: ProjectHandle, item_ids: 
     return found
 
 
+class _Done:
+    """An already computed result with the ``Future.result()`` interface."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _submit(
+    pool: ThreadPoolExecutor | None,
+    batches: list[list[PushJob]],
+    k: int,
+    blobs: BlobStore,
+    image_url: Callable[[str], str],
+) -> Any:
+    if k >= len(batches):
+        return _Done(([], [], []))
+    if pool is None:
+        return _Done(_build_batch(batches[k], blobs, image_url))
+    return pool.submit(_build_batch, batches[k], blobs, image_url)
+
+
+def _import_batch(
+    client: LabelStudioClient,
+    session: Session,
+    project: ProjectHandle,
+    tasks: list[dict[str, Any]],
+    sent: list[PushJob],
+    report: PushReport,
+) -> None:
+    """Import one batch and record its tasks (reconciling by item_id after an import with an unknown outcome)."""
+    try:
+        task_ids = client.import_tasks(project.ls_project_id, tasks)
+        pairs = list(zip(sent, task_ids, strict=True))
+    except LabelStudioUnavailableError as exc:
+        # Unknown outcome (a timeout, a 500): find what arrived by item_id, import the rest once more.
+        log.warning("push: import of %d tasks had an unknown outcome (%s); reconciling by item_id", len(sent), exc)
+        wanted = {job.item_id for job in sent}
+        arrived = _tasks_by_item(client, project, wanted)
+        for pause in UNKNOWN_OUTCOME_SETTLE_S if not arrived else ():
+            # a timed-out import may still be running in Label Studio (imports are all-or-nothing): give it time
+            # to land before importing again, or it lands later as a duplicate of the re-import
+            time.sleep(pause)
+            arrived = _tasks_by_item(client, project, wanted)
+            if arrived:
+                break
+        pairs = [(job, arrived[job.item_id]["id"]) for job in sent if job.item_id in arrived]
+        report.reconciled += len(pairs)
+        rest = [(t, job) for t, job in zip(tasks, sent, strict=True) if job.item_id not in arrived]
+        if rest:
+            ids = client.import_tasks(project.ls_project_id, [t for t, _ in rest])
+            pairs += [(job, tid) for (_, job), tid in zip(rest, ids, strict=True)]
+            report.pushed += len(ids)
+        task_ids = []
+    repo.record_label_tasks(
+        session,
+        [LabelTaskRecord(project.label_project_id, job.item_id, tid, job.prediction_id) for job, tid in pairs],
+    )
+    session.commit()
+    report.pushed += len(task_ids)
+    log.info("push: %d tasks imported into project %d", len(task_ids), project.ls_project_id)
+
+
 def push_predictions(
     client: LabelStudioClient,
     session: Session,
@@ -175,82 +292,71 @@ def push_predictions(
     image_url: Callable[[str], str],
     batch_size: int = 200,
     limit: int | None = None,
+    overlap: bool = True,
+    pending: Sequence[PushJob] | None = None,
 ) -> PushReport:
-    """Push every prediction of ``model_version`` not yet in the project; commits after each batch."""
+    """Push every prediction of ``model_version`` not yet in the project; commits after each batch.
+
+    ``overlap``: build the next batch's payloads in a worker thread while the current import is in flight (same
+    requests, same order, same records; ``False`` builds them in this thread). ``pending``: ``PushJob.of`` of the
+    rows of ``repo.predictions_awaiting_push(session, project.label_project_id, model_version)`` when the caller has
+    just read them (saves the query; ``limit`` is then not applied).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     req0 = client.requests_made
     report = PushReport()
-    pending = repo.predictions_awaiting_push(session, project.label_project_id, model_version, limit=limit)
+    if pending is None:
+        rows = repo.predictions_awaiting_push(session, project.label_project_id, model_version, limit=limit)
+        # plain values, read once before any commit expires the ORM objects (and in this thread only)
+        pending = [PushJob.of(item, item.image, pred) for item, pred in rows]
     if not pending:
         report.seconds = time.perf_counter() - t0
         return report
-    by_item = {item.id: (item, pred) for item, pred in pending}
+    by_item = {job.item_id: job for job in pending}
 
     # Reconcile: tasks already in Label Studio for pending items (a crash after the import, before the DB write,
     # or an older model version's task).
     existing = _tasks_by_item(client, project, set(by_item))
     records: list[LabelTaskRecord] = []
     for iid, task in existing.items():
-        item, pred = by_item.pop(iid)
+        job = by_item.pop(iid)
         versions = {str(x.get("model_version")) for x in client.task_predictions(int(task["id"]))}
         if model_version not in versions:
             try:
-                payload = _task_payload(item, item.image, pred, blobs, image_url)["predictions"][0]
-                made = client.create_prediction(int(task["id"]), payload["result"], model_version, pred.score)
-                records.append(LabelTaskRecord(project.label_project_id, iid, int(task["id"]), pred.id, made.get("id")))
+                payload = job_payload(job, blobs, image_url)["predictions"][0]
+                made = client.create_prediction(int(task["id"]), payload["result"], model_version, job.score)
+                records.append(
+                    LabelTaskRecord(project.label_project_id, iid, int(task["id"]), job.prediction_id, made.get("id"))
+                )
                 report.updated += 1
             except Exception as exc:  # recorded per item; the push goes on
                 report.failed.append((iid, f"{type(exc).__name__}: {exc}"))
             continue
-        records.append(LabelTaskRecord(project.label_project_id, iid, int(task["id"]), pred.id))
+        records.append(LabelTaskRecord(project.label_project_id, iid, int(task["id"]), job.prediction_id))
         report.reconciled += 1
     if records:
         repo.record_label_tasks(session, records)
         session.commit()
 
     todo = list(by_item.values())
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        tasks, sent = [], []
-        for item, pred in batch:
-            try:
-                tasks.append(_task_payload(item, item.image, pred, blobs, image_url))
-                sent.append((item, pred))
-            except Exception as exc:  # a missing blob, an image outside the root: recorded, the batch goes on
-                report.failed.append((item.id, f"{type(exc).__name__}: {exc}"))
-        if not tasks:
-            continue
-        try:
-            task_ids = client.import_tasks(project.ls_project_id, tasks)
-            pairs = list(zip(sent, task_ids, strict=True))
-        except LabelStudioUnavailableError as exc:
-            # Unknown outcome (a timeout, a 500): find what arrived by item_id, import the rest once more.
-            log.warning("push: import of %d tasks had an unknown outcome (%s); reconciling by item_id", len(sent), exc)
-            wanted = {item.id for item, _ in sent}
-            arrived = _tasks_by_item(client, project, wanted)
-            for pause in UNKNOWN_OUTCOME_SETTLE_S if not arrived else ():
-                # a timed-out import may still be running in Label Studio (imports are all-or-nothing): give it time
-                # to land before importing again, or it lands later as a duplicate of the re-import
-                time.sleep(pause)
-                arrived = _tasks_by_item(client, project, wanted)
-                if arrived:
-                    break
-            pairs = [((item, pred), arrived[item.id]["id"]) for item, pred in sent if item.id in arrived]
-            report.reconciled += len(pairs)
-            rest = [(t, ip) for t, ip in zip(tasks, sent, strict=True) if ip[0].id not in arrived]
-            if rest:
-                ids = client.import_tasks(project.ls_project_id, [t for t, _ in rest])
-                pairs += [(ip, tid) for (_, ip), tid in zip(rest, ids, strict=True)]
-                report.pushed += len(ids)
-            task_ids = []
-        repo.record_label_tasks(
-            session, [LabelTaskRecord(project.label_project_id, item.id, tid, pred.id) for (item, pred), tid in pairs]
-        )
-        session.commit()
-        report.pushed += len(task_ids)
-        log.info("push: %d tasks imported into project %d", len(task_ids), project.ls_project_id)
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    # The next batch's payloads (mask decode + brush encode) are built in a worker thread while the current import
+    # request is in flight; imports, database writes and commits stay in this thread, in order.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-payloads") if overlap else None
+    try:
+        upcoming = _submit(pool, batches, 0, blobs, image_url)
+        for k in range(len(batches)):
+            tasks, sent, failed = upcoming.result()
+            upcoming = _submit(pool, batches, k + 1, blobs, image_url)
+            report.failed.extend(failed)
+            if not tasks:
+                continue
+            _import_batch(client, session, project, tasks, sent, report)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     report.requests = client.requests_made - req0
     report.seconds = time.perf_counter() - t0
     return report

@@ -54,8 +54,12 @@ def coco_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": rle["counts"].decode("ascii")}
 
 
-def coco_rle_decode(rle: dict[str, Any]) -> np.ndarray:
-    """The (H, W) bool mask of a COCO compressed RLE dict (``counts`` as str or bytes)."""
+def coco_rle_decode(rle: dict[str, Any], *, contiguous: bool = True) -> np.ndarray:
+    """The (H, W) bool mask of a COCO compressed RLE dict (``counts`` as str or bytes).
+
+    ``contiguous=False`` returns pycocotools' own Fortran-ordered array viewed as bool (no copy, no transpose): the
+    same values, for consumers that do not need C order (``labeling.brush.mask_to_rle``).
+    """
     from pycocotools import mask as cocomask
 
     try:
@@ -67,7 +71,11 @@ def coco_rle_decode(rle: dict[str, Any]) -> np.ndarray:
             out = cocomask.decode({"size": [h, w], "counts": counts})
     except Exception as exc:  # pycocotools raises bare Exceptions / TypeErrors on garbage
         raise MaskCodecError(f"not a valid COCO RLE: {exc}") from None
-    return np.ascontiguousarray(out.astype(bool))
+    if out.dtype == np.uint8 and out.ndim == 2:  # pycocotools writes 0/1 bytes: a bool view is the same mask
+        out = out.view(np.bool_)
+    else:
+        out = out.astype(bool)
+    return np.ascontiguousarray(out) if contiguous else out
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -109,8 +117,11 @@ def _read_header(data: bytes) -> tuple[bytes, int, int, int, int, int, int]:
     return magic, version, codec, h, w, area, n
 
 
-def decode_mask(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode bytes from :func:`encode_mask` to a (H, W) bool array; ``shape`` (if given) must match."""
+def decode_mask(data: bytes, shape: tuple[int, int] | None = None, *, contiguous: bool = True) -> np.ndarray:
+    """Decode bytes from :func:`encode_mask` to a (H, W) bool array; ``shape`` (if given) must match.
+
+    ``contiguous=False`` may return a Fortran-ordered array (RLE codec: no transpose copy); same values, same checks.
+    """
     _, _, codec, h, w, area, _ = _read_header(data)
     if shape is not None and (int(shape[0]), int(shape[1])) != (h, w):
         raise MaskCodecError(f"mask shape ({h}, {w}) differs from the expected {tuple(shape)}")
@@ -119,11 +130,11 @@ def decode_mask(data: bytes, shape: tuple[int, int] | None = None) -> np.ndarray
     except zlib.error as exc:
         raise MaskCodecError(f"corrupt mask payload: {exc}") from None
     if codec == CODEC_RLE:
-        m = coco_rle_decode({"size": [h, w], "counts": raw})
+        m = coco_rle_decode({"size": [h, w], "counts": raw}, contiguous=contiguous)
     else:
         if len(raw) != (h * w + 7) // 8:
             raise MaskCodecError(f"corrupt bit-packed mask: {len(raw)} bytes for ({h}, {w})")
-        m = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=h * w).reshape(h, w).astype(bool)
+        m = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=h * w).reshape(h, w).view(np.bool_)
     if m.shape != (h, w):
         raise MaskCodecError(f"decoded mask has shape {m.shape}, header says ({h}, {w})")
     got = int(np.count_nonzero(m))
