@@ -130,6 +130,13 @@ class TcpProxy:
         self.cut()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # a client that gave up (timeout) is expected
+        pass
+
+
 class HttpFaultProxy:
     def __init__(self, target_url: str, trigger: Callable[[str, str, int], dict | None] | None = None) -> None:
         self.target_url = target_url.rstrip("/")
@@ -139,7 +146,7 @@ class HttpFaultProxy:
         self.actions: list[tuple[str, str, dict]] = []
         self._lock = threading.Lock()
         self._http = httpx.Client(base_url=self.target_url, timeout=300)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _QuietServer | None = None
         self.port = 0
         self.up()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -151,7 +158,7 @@ class HttpFaultProxy:
         srv = None
         for _ in range(50):
             try:
-                srv = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+                srv = _QuietServer(("127.0.0.1", self.port), self._handler())
                 break
             except OSError:
                 time.sleep(0.1)
