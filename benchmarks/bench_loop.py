@@ -188,6 +188,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
                     time.perf_counter() - t,
                     ls_requests=pushed.requests,
                     push_predictions_seconds=round(pushed.seconds, 3),  # labeling.push itself, without flow overhead
+                    push_setup_seconds=round(pushed.setup_seconds, 3),  # project check, pending rows, renditions
                 )
             )
 

@@ -16,6 +16,7 @@ URLs. Masks refer to the rendition's pixel grid, which is the image's own.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ class PushSummary:
     updated: int = 0
     failed: tuple[tuple[int, str], ...] = field(default_factory=tuple)
     requests: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # labeling.push.push_predictions itself
+    setup_seconds: float = 0.0  # before it: project check, pending rows, display renditions
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +168,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
     from storage.models import Image
 
     log = _logger()
+    t0 = time.perf_counter()
     with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
         handle = _project(client, session, rt.settings, project_title)
         pending = repo.predictions_awaiting_push(session, handle.label_project_id, model_version)
@@ -179,6 +182,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         display = DisplayImages(rt)
         for uri, err in display.prepare([tuple(r) for r in images]):
             log.warning("push: no displayable rendition for %s: %s", uri, err)
+        setup_s = time.perf_counter() - t0
         rep = push_predictions(
             client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs
         )
@@ -195,6 +199,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         failed=tuple(rep.failed),
         requests=rep.requests,
         seconds=rep.seconds,
+        setup_seconds=setup_s,
     )
 
 
