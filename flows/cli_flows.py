@@ -296,17 +296,41 @@ def register(app: typer.Typer) -> None:
         queries: str | None = typer.Option(None, "--queries", "-q"),
         profile: str = typer.Option("tiny", "--profile", "-p"),
         project: str | None = typer.Option(None, "--project", help="Label Studio project title."),
+        intake: bool | None = typer.Option(
+            None,
+            "--intake/--no-intake",
+            help="Pull the queries annotators wrote in the intake project first (default: GEOLABEL_INTAKE, true).",
+        ),
+        intake_title: str | None = typer.Option(None, "--intake-title", help="Intake project title."),
         data_dir: Path | None = _DATA_DIR,
     ) -> None:
-        """One label cycle now: (ingest with --source/--queries), preannotate, push, sync."""
+        """One label cycle now: (ingest with --source/--queries), intake queries, preannotate, push, sync."""
         from flows.cycle import label_cycle_flow
+        from flows.runtime import settings_from
         from geoseg.types import TINY_MODEL_WARNING
 
+        ov = overrides_for(data_dir)
+        if intake is None:
+            intake = settings_from(ov).intake
         with _console().status("running one label cycle ..."):
             rep = label_cycle_flow(
-                source, queries, profile=profile, settings_overrides=overrides_for(data_dir), project_title=project
+                source,
+                queries,
+                profile=profile,
+                settings_overrides=ov,
+                project_title=project,
+                intake=intake,
+                intake_title=intake_title,
             )
         _print_json(rep.to_dict())
+        if rep.intake is not None:
+            i = rep.intake
+            typer.echo(
+                f"intake {i.label_studio_url}/projects/{i.ls_project_id}: {i.queries} quer(ies), {i.items_new} new "
+                f"item(s); review {rep.push.label_studio_url}/projects/{rep.push.ls_project_id}: "
+                f"{rep.push.pushed} new task(s) with pre-labels",
+                err=True,
+            )
         if rep.preannotate.meaningless:
             typer.secho(f"note: {TINY_MODEL_WARNING}", fg="yellow", err=True)
 
@@ -320,6 +344,12 @@ def register(app: typer.Typer) -> None:
         queries: str | None = typer.Option(None, "--queries", "-q"),
         project: str | None = typer.Option(None, "--project"),
         export_dir: str | None = typer.Option(None, "--export-dir"),
+        intake: bool | None = typer.Option(
+            None,
+            "--intake/--no-intake",
+            help="Each cycle pulls the intake project's queries (default: GEOLABEL_INTAKE, true).",
+        ),
+        intake_title: str | None = typer.Option(None, "--intake-title", help="Intake project title."),
         data_dir: Path | None = _DATA_DIR,
     ) -> None:
         """Serve the deployments (label cycle every N minutes, nightly export) until Ctrl-C."""
@@ -335,6 +365,8 @@ def register(app: typer.Typer) -> None:
             project_title=project,
             export_dir=export_dir,
             settings_overrides=overrides_for(data_dir) or None,
+            intake=intake,
+            intake_title=intake_title,
         )
         if not os.environ.get("PREFECT_API_URL"):
             typer.secho(

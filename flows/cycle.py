@@ -1,9 +1,15 @@
-"""``label_cycle_flow``: ingest -> preannotate -> push -> sync, the loop a schedule runs every N minutes.
+"""``label_cycle_flow``: ingest -> (intake) -> preannotate -> push -> sync, the loop a schedule runs every N minutes.
 
 Each stage is its own flow (a subflow here) reading only what the stage before it stored, so the cycle is as
 idempotent and resumable as its stages: killed anywhere, the next run (scheduled or by hand) finishes the work with no
 duplicates (natural-key upserts; Label Studio tasks reconciled by ``data.item_id``) and nothing lost.
 Ingest is skipped when no source is given (new imagery arrives by ``geolabel ingest`` or another deployment).
+
+With ``intake=True`` the cycle also runs ``flows.intake.intake_flow`` right after ingest: every registered image gets a
+task in the intake project (``intake_title``, default "GeoSeg query intake") and the queries annotators wrote there
+become items, so a query written since the last cycle is pre-annotated and pushed as a review task in this cycle.
+The flow's own default is ``False`` (callers choose); ``geolabel cycle`` and the served deployment (``flows.serve``)
+take it from the ``intake`` setting (``GEOLABEL_INTAKE``, default true) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 from prefect import flow
 
 from flows.ingest import IngestReport, ingest_flow
+from flows.intake import IntakeSummary, intake_flow
 from flows.labeling_flows import PushSummary, SyncSummary, push_flow, sync_flow
 from flows.preannotate import PreannotateReport, preannotate_flow
 
@@ -24,10 +31,12 @@ class CycleReport:
     preannotate: PreannotateReport
     push: PushSummary
     sync: SyncSummary
+    intake: IntakeSummary | None = None  # None: the cycle ran without intake
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ingest": self.ingest.to_dict() if self.ingest else None,
+            "intake": self.intake.to_dict() if self.intake else None,
             "preannotate": self.preannotate.to_dict(),
             "push": self.push.to_dict(),
             "sync": self.sync.to_dict(),
@@ -50,10 +59,9 @@ def label_cycle_flow(
     if (source is None) != (queries is None):
         raise ValueError("give both source and queries (or neither, to skip ingest)")
     ing = ingest_flow(source, queries, settings_overrides=settings_overrides) if source and queries else None
+    took = None
     if intake:  # annotator queries written in Label Studio's intake project become items (flows.intake)
-        from flows.intake import intake_flow
-
-        intake_flow(settings_overrides, intake_title)
+        took = intake_flow(settings_overrides, intake_title)
     pre = preannotate_flow(
         profile, settings_overrides=settings_overrides, batch_size=batch_size, concurrency=concurrency
     )
@@ -65,4 +73,4 @@ def label_cycle_flow(
         batch_size=push_batch_size,
     )
     synced = sync_flow(settings_overrides=settings_overrides, project_title=project_title)
-    return CycleReport(ing, pre, pushed, synced)
+    return CycleReport(ing, pre, pushed, synced, took)

@@ -1,5 +1,11 @@
 """Schedules: the label cycle every N minutes and a nightly COCO export, served by one process (``geolabel serve``).
 
+The served label cycle pulls annotator queries from Label Studio's intake project (``label_cycle_flow(intake=True)``:
+intake tasks for new images, written queries -> items -> pre-labels in the review project) unless
+``ServeConfig.intake`` is False (``geolabel serve --no-intake``) or, when it is left unset, the ``intake`` setting is
+false (``GEOLABEL_INTAKE=false``; default true). The choice is stored in the deployment's parameters (``intake``,
+``intake_title``), so a flow run started from the Prefect UI or API does the same.
+
 ``build_deployments`` makes Prefect ``RunnerDeployment`` objects (module entrypoints, so any process with the package
 installed can run them); ``serve_deployments`` hands them to ``prefect.serve``, which registers them with the Prefect
 API (``PREFECT_API_URL``; a Prefect server for anything long-lived) and runs their scheduled and manual runs in this
@@ -34,6 +40,8 @@ class ServeConfig:
     project_title: str | None = None
     export_dir: str | None = None
     settings_overrides: dict[str, Any] | None = None
+    intake: bool | None = None  # None: the ``intake`` setting (GEOLABEL_INTAKE, default true)
+    intake_title: str | None = None  # None: labeling.intake.DEFAULT_INTAKE_TITLE
 
     def __post_init__(self) -> None:
         if not self.every_minutes > 0:
@@ -58,6 +66,7 @@ def build_deployments(cfg: ServeConfig) -> list[Any]:
 
     settings = settings_from(cfg.settings_overrides)
     export_dir = cfg.export_dir or str(settings.data_dir / "exports" / "nightly")
+    intake = settings.intake if cfg.intake is None else bool(cfg.intake)
     cycle = label_cycle_flow.to_deployment(
         name=LABEL_CYCLE,
         # first automatic run one interval after serving starts (a run "now" is one `geolabel cycle` away)
@@ -72,8 +81,12 @@ def build_deployments(cfg: ServeConfig) -> list[Any]:
             "profile": cfg.profile,
             "settings_overrides": cfg.settings_overrides,
             "project_title": cfg.project_title,
+            "intake": intake,
+            "intake_title": cfg.intake_title,
         },
-        description="ingest -> preannotate -> push -> sync, every N minutes",
+        description="ingest -> intake (annotator queries) -> preannotate -> push -> sync, every N minutes"
+        if intake
+        else "ingest -> preannotate -> push -> sync, every N minutes",
         tags=["geolabel"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

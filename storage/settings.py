@@ -14,6 +14,8 @@ label_studio_token_env     GEOLABEL_LABEL_STUDIO_TOKEN_ENV  ``LABEL_STUDIO_USER_
 webhook_secret_env         GEOLABEL_WEBHOOK_SECRET_ENV  ``GEOLABEL_WEBHOOK_SECRET``
 s3_endpoint_url            GEOLABEL_S3_ENDPOINT_URL     none (AWS)
 imagery_roots              GEOLABEL_IMAGERY_ROOTS       none (``os.pathsep``-separated in the env var)
+intake                     GEOLABEL_INTAKE              ``true``: ``geolabel cycle`` / the served label cycle pull
+                                                        annotator queries from Label Studio's intake project
 ========================== ============================ ===================================================
 
 Secrets are never settings values: the settings hold the *names* of the environment variables that carry them
@@ -87,6 +89,7 @@ class Settings:
     webhook_secret_env: str = "GEOLABEL_WEBHOOK_SECRET"
     s3_endpoint_url: str | None = None
     imagery_roots: tuple[Path, ...] = field(default_factory=tuple)
+    intake: bool = True
     source: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -102,6 +105,7 @@ class Settings:
         if isinstance(roots, str | Path):
             roots = [p for p in str(roots).split(os.pathsep) if p]
         object.__setattr__(self, "imagery_roots", tuple(Path(p).expanduser().resolve() for p in roots))
+        object.__setattr__(self, "intake", _as_bool("intake", self.intake))
         for name in ("label_studio_token_env", "webhook_secret_env"):
             v = getattr(self, name)
             if not v or not v.replace("_", "").isalnum():
@@ -117,7 +121,7 @@ class Settings:
             f"blob_url={self.blob_url!r}, label_studio_url={self.label_studio_url!r}, "
             f"label_studio_token_env={self.label_studio_token_env!r}, webhook_secret_env={self.webhook_secret_env!r}, "
             f"s3_endpoint_url={self.s3_endpoint_url!r}, imagery_roots={[str(p) for p in self.imagery_roots]!r}, "
-            f"source={self.source!r})"
+            f"intake={self.intake!r}, source={self.source!r})"
         )
 
     __str__ = __repr__
@@ -134,6 +138,7 @@ class Settings:
             "webhook_secret_env": self.webhook_secret_env,
             "s3_endpoint_url": self.s3_endpoint_url,
             "imagery_roots": [str(p) for p in self.imagery_roots],
+            "intake": self.intake,
             "source": self.source,
         }
 
@@ -180,6 +185,19 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    """A boolean setting from TOML (bool) or an env var (true/false, 1/0, yes/no, on/off; case-insensitive)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise SettingsError(f"{name} must be true or false (also 1/0, yes/no, on/off), got {value!r}")
 
 
 def _read_toml(path: Path, names: set[str]) -> dict[str, Any]:

@@ -73,3 +73,86 @@ def test_errors_are_one_line(prefect_harness, tmp_path):
     assert "Traceback" not in p.stderr
     p = run("--debug", "ingest", str(tmp_path / "nope"), "--queries", "q.csv", "--data-dir", d)
     assert p.returncode != 0 and "Traceback" in p.stderr  # --debug shows it
+
+
+def test_intake_switch_from_settings_reaches_the_served_cycle(monkeypatch, tmp_path):
+    """GEOLABEL_INTAKE (default true) decides whether the served label cycle pulls intake queries; an explicit
+    ServeConfig.intake (`geolabel serve --intake/--no-intake`) wins; a bad value is a clear settings error."""
+    from flows.serve import LABEL_CYCLE, ServeConfig, build_deployments
+    from storage.settings import Settings, SettingsError
+
+    ov = {"data_dir": str(tmp_path / "d")}
+    monkeypatch.delenv("GEOLABEL_INTAKE", raising=False)
+
+    def cycle_params(**kw) -> dict:
+        (dep,) = [d for d in build_deployments(ServeConfig(settings_overrides=ov, **kw)) if d.name == LABEL_CYCLE]
+        return dep.parameters
+
+    assert Settings.load(**ov).intake is True
+    assert (cycle_params()["intake"], cycle_params()["intake_title"]) == (True, None)
+    assert cycle_params(intake=False, intake_title="my intake") == {
+        **cycle_params(),
+        "intake": False,
+        "intake_title": "my intake",
+    }
+    monkeypatch.setenv("GEOLABEL_INTAKE", "false")
+    assert Settings.load(**ov).intake is False and cycle_params()["intake"] is False
+    assert cycle_params(intake=True)["intake"] is True
+    monkeypatch.setenv("GEOLABEL_INTAKE", "sometimes")
+    with pytest.raises(SettingsError, match="intake must be true or false"):
+        Settings.load(**ov)
+
+
+def test_cycle_and_serve_have_the_intake_flag(capsys):
+    for cmd in ("cycle", "serve"):
+        code, out, _ = _run(capsys, cmd, "--help")
+        assert code == 0 and "--intake" in out and "--no-intake" in out and "--intake-title" in out, out
+
+
+def test_demo_next_steps_are_runnable_shell_without_the_token(tmp_path):
+    """The demo's printed commands: `source scripts/env.sh`, the Label Studio URL, the token read from the
+    credentials file by the shell (never printed), and `.venv/bin/geolabel cycle --intake` on the demo's data dir."""
+    import shlex
+    import subprocess
+
+    from flows.demo import DemoResult, next_steps, print_summary
+
+    token = "t0ken-" + "x" * 34
+    creds = tmp_path / "label studio" / "credentials.json"  # a space: the path must be quoted
+    creds.parent.mkdir()
+    creds.write_text(json.dumps({"email": "a@b.c", "password": "p", "token": token}))
+    res = DemoResult(
+        data_dir=tmp_path / "data dir",
+        label_studio_url="http://127.0.0.1:18080",
+        project_url="http://127.0.0.1:18080/projects/3",
+        token_env="LABEL_STUDIO_USER_TOKEN",
+        credentials_file=str(creds),
+        started_label_studio=True,
+        project_title="GeoSeg demo (tiny models)",
+        intake_title="GeoSeg query intake",
+        intake_url="http://127.0.0.1:18080/projects/4",
+    )
+    res.commands = next_steps(res)
+    lines: list[str] = []
+    print_summary(res, echo=lines.append)
+    text = "\n".join(lines)
+    assert token not in text
+    assert "source scripts/env.sh" in text and "export GEOLABEL_LABEL_STUDIO_URL=http://127.0.0.1:18080" in text
+    assert res.intake_url in text and res.project_url in text
+    cyc = shlex.split(res.commands["cycle"])
+    assert cyc[0].endswith("geolabel") and Path(cyc[0]).parts[-3:] == (".venv", "bin", "geolabel")
+    assert cyc[1:] == ["cycle", "--intake", "--project", res.project_title, "--data-dir", str(res.data_dir)]
+    ml = shlex.split(res.commands["ml_backend"])
+    assert ml[1] == "ml-backend" and "--connect" in ml and ml[ml.index("--project-title") + 1] == res.project_title
+    # the env lines run in bash and export the token read from the file
+    p = subprocess.run(
+        ["bash", "-c", res.commands["env"] + '\nprintf %s "$LABEL_STUDIO_USER_TOKEN|$GEOLABEL_LABEL_STUDIO_URL|$PWD"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    from flows.demo import REPO_ROOT
+
+    assert p.stdout == f"{token}|http://127.0.0.1:18080|{REPO_ROOT}"
+    assert (REPO_ROOT / cyc[0]).exists()  # the printed script exists (relative to the repository root)

@@ -1,7 +1,9 @@
 """The whole loop against real services: Prefect (test harness), SQLite, a real Label Studio (labeling.server).
 
-* the demo (``flows.demo.run_demo``) on the real aerial imagery with the tiny models: ingest -> preannotate -> push ->
-  simulated annotator -> sync -> COCO export + snapshot; then checks what Label Studio and the database hold;
+* the demo (``flows.demo.run_demo``) on the real aerial imagery with the tiny models: ingest -> intake project ->
+  preannotate -> push -> simulated annotator -> sync -> COCO export + snapshot; then checks what Label Studio and the
+  database hold; then what the demo tells a person to do: a query written on an intake task (Label Studio API, as the
+  UI's submit) and the printed ``geolabel cycle --intake ...`` command give a review task with a GeoSeg pre-label;
 * a label cycle run in a subprocess is SIGKILLed at several points and re-run: no duplicate and nothing lost, both in
   the database and in Label Studio.
 """
@@ -42,21 +44,31 @@ def _ls_tasks(client, project_id: int) -> list[dict]:
     return list(client.iter_tasks(project_id, fields="all"))
 
 
-def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_root, monkeypatch):
+def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_root, monkeypatch, capsys):
+    import shlex
+
+    from flows.cli import main
     from flows.demo import SIMULATED_ANNOTATOR, print_summary, run_demo
     from flows.runtime import open_runtime, settings_from
     from flows.status import collect_status
+    from labeling.intake import intake_result
 
     monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
     data_dir = _data_dir_beside(ls_env, "demo")
     title = f"demo {uuid.uuid4().hex[:6]}"
+    intake_title = f"intake {title}"
     monkeypatch.setenv("GEOLABEL_LABEL_STUDIO_URL", ls_env.url)
     lines: list[str] = []
-    res = run_demo(data_dir, start_label_studio=False, project_title=title, echo=lines.append)
+    res = run_demo(
+        data_dir, start_label_studio=False, project_title=title, intake_title=intake_title, echo=lines.append
+    )
     print_summary(res, echo=lines.append)
     text = "\n".join(lines)
     assert "tiny randomly initialised models" in text and SIMULATED_ANNOTATOR in text
     assert res.project_url in text and "LABEL_STUDIO_USER_TOKEN" in text and ls_env.token not in text
+    # the printout tells a person what to do next: the intake project, the env, the exact cycle command
+    assert res.intake_url in text and "source scripts/env.sh" in text and res.commands["cycle"] in text
+    assert res.commands["ml_backend"] in text and "ml-backend" in text
 
     cyc = res.reports["cycle"]
     assert cyc["ingest"]["images_new"] == 6 and cyc["ingest"]["items_new"] == 10
@@ -78,6 +90,13 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
         assert r.status_code == 200, (t["data"]["image"], r.status_code)
         assert r.content[:3] in (b"\x89PN", b"\xff\xd8\xff")
 
+    # the intake project: one task per ingested image, nothing written yet
+    intake = cyc["intake"]
+    assert (intake["tasks_created"], intake["queries"], intake["items_new"]) == (6, 0, 0)
+    assert res.intake_url == f"{ls_env.url}/projects/{intake['ls_project_id']}"
+    intake_tasks = sorted(_ls_tasks(ls_env.client, intake["ls_project_id"]), key=lambda t: t["id"])
+    assert len(intake_tasks) == 6 and len({t["data"]["image_sha256"] for t in intake_tasks}) == 6
+
     acts = Counter(a.action for a in res.actions)
     assert sum(acts.values()) == len(tasks) and acts["reject"] >= 1 and acts["no target"] >= 1
     st = collect_status(open_runtime(settings_from({"data_dir": str(data_dir)})))
@@ -88,12 +107,36 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
     assert len(coco["annotations"]) == st["triplets"]["active"]
     assert "error" not in res.reports["snapshot"], res.reports["snapshot"]
 
-    # a second run changes nothing: no new images, items, predictions, tasks or annotations
-    res2 = run_demo(data_dir, start_label_studio=False, project_title=title, echo=lambda s: None)
+    # a person follows the printout: writes a query on an intake task (the UI's submit = this API call), then runs the
+    # printed `geolabel cycle --intake ...` (in-process; the env it names is this test's) -> a review task with the
+    # GeoSeg pre-label (tiny models: the mask is meaningless; only its presence and model_version are checked)
+    my_query = "the sunlit gap in the canopy"
+    ls_env.client.create_annotation(intake_tasks[1]["id"], intake_result([my_query], "L2"), lead_time=12.0)
+    argv = shlex.split(res.commands["cycle"])
+    assert argv[0].endswith("geolabel") and argv[1:3] == ["cycle", "--intake"]
+    capsys.readouterr()
+    main(argv[1:])
+    out = capsys.readouterr().out
+    rep = json.loads(out[out.index("{") :])
+    assert (rep["intake"]["ls_project_id"], rep["intake"]["items_new"]) == (intake["ls_project_id"], 1)
+    assert (rep["preannotate"]["predicted"], rep["push"]["pushed"]) == (1, 1)
+    assert rep["push"]["ls_project_id"] == cyc["push"]["ls_project_id"]  # the demo's review project
+    mine = [t for t in _ls_tasks(ls_env.client, cyc["push"]["ls_project_id"]) if t["data"]["query"] == my_query]
+    assert len(mine) == 1 and mine[0]["annotations"] == []
+    assert [p["model_version"] for p in mine[0]["predictions"]] == [cyc["preannotate"]["model_version"]]
+
+    # a second demo run changes nothing, and its simulated annotator leaves the person's review task alone
+    res2 = run_demo(
+        data_dir, start_label_studio=False, project_title=title, intake_title=intake_title, echo=lambda s: None
+    )
     c2 = res2.reports["cycle"]
     assert (c2["ingest"]["images_new"], c2["ingest"]["items_new"], c2["preannotate"]["pending"]) == (0, 0, 0)
+    assert (c2["intake"]["tasks_created"], c2["intake"]["items_new"], c2["intake"]["queries"]) == (0, 0, 1)
     assert (c2["push"]["pushed"], c2["push"]["reconciled"], res2.actions) == (0, 0, [])
-    assert len(_ls_tasks(ls_env.client, cyc["push"]["ls_project_id"])) == len(tasks)
+    assert len(_ls_tasks(ls_env.client, cyc["push"]["ls_project_id"])) == len(tasks) + 1
+    assert [
+        t["annotations"] for t in _ls_tasks(ls_env.client, cyc["push"]["ls_project_id"]) if t["id"] == mine[0]["id"]
+    ] == [[]]
 
 
 _RUNNER = """
