@@ -15,10 +15,9 @@ the kills stored once and every accepted/corrected one a live triplet, every blo
 intact, and the export identical (canonically: by image sha256 and query) to an uninterrupted reference run.
 
 The model stage is the instant orchestration-only double (benchmarks/bench_loop.py, no weights): the kills target the
-bookkeeping, not inference. Default (CI): seeds 0 and 1 (10 kill points: SQLite + local blobs, PostgreSQL + S3),
-each compared with an uninterrupted SQLite + local reference run. Even seeds run SQLite + local blobs, odd ones
-PostgreSQL + S3. The full 20-kill-point set (4 trials):
-``GEOLABEL_KILL_SEEDS=0-3 GEOLABEL_KILL_RESULTS=kill.jsonl pytest tests/test_reliability_kill.py``.
+bookkeeping, not inference. Default (CI included): seeds 0-3, the full 20 kill points in 4 trials, each compared
+with an uninterrupted SQLite + local reference run. Even seeds run SQLite + local blobs, odd ones PostgreSQL + S3.
+A quicker local run: ``GEOLABEL_KILL_SEEDS=0,1``; a record of every kill: ``GEOLABEL_KILL_RESULTS=kill.jsonl``.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ RESULTS = os.environ.get("GEOLABEL_KILL_RESULTS")
 
 
 def _seeds() -> list[int]:
-    raw = os.environ.get("GEOLABEL_KILL_SEEDS", "0,1")
+    raw = os.environ.get("GEOLABEL_KILL_SEEDS", "0-3")
     out: list[int] = []
     for part in raw.split(","):
         a, _, b = part.strip().partition("-")
