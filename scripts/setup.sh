@@ -11,13 +11,15 @@ if [ -z "$PY" ]; then echo "setup: Python 3.11 is required (set GEOLABEL_PYTHON 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+# pip warns once per package about index locations this machine's pip.conf names but does not have: drop that noise.
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 app_stamp=$(stamp_of pyproject.toml)
 if [ ! -f .venv/.geolabel-stamp ] || [ "$(cat .venv/.geolabel-stamp)" != "$app_stamp" ]; then
   echo "setup: creating the app environment in .venv (first time ~4 min, ~6.5 GB: torch is a CUDA build)"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  pip_quiet .venv/bin/python -m pip install -q --upgrade pip
+  pip_quiet .venv/bin/python -m pip install -q -e ".[dev]"
   echo "$app_stamp" > .venv/.geolabel-stamp
 fi
 
