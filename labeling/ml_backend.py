@@ -45,8 +45,6 @@ from urllib.parse import urljoin
 import httpx
 import numpy as np
 
-from labeling.project import IMAGE_TO, MASK_FROM, TARGET_LABEL
-
 log = logging.getLogger(__name__)
 
 
@@ -120,30 +118,15 @@ class PredictionTimeoutError(TimeoutError):
 
 def brush_region(suggestion: Suggestion, warning: str | None = None) -> list[dict[str, Any]]:
     """The Label Studio result for one suggestion: one brush region (``[]`` for an empty mask)."""
-    from labeling.brush import mask_to_rle
+    from labeling.push import brush_result
 
-    m = np.asarray(suggestion.mask, dtype=bool)
-    if m.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    if not m.any():
-        return []
-    h, w = m.shape
-    region: dict[str, Any] = {
-        "from_name": MASK_FROM,
-        "to_name": IMAGE_TO,
-        "type": "brushlabels",
-        "origin": "prediction",
-        "original_width": int(w),
-        "original_height": int(h),
-        "image_rotation": 0,
-        "value": {"format": "rle", "rle": mask_to_rle(m), "brushlabels": [TARGET_LABEL]},
-    }
-    if suggestion.score is not None:
-        region["score"] = float(suggestion.score)
-    notes = [n for n in (warning, f"route: {suggestion.route}" if suggestion.route else None) if n]
-    if notes:
-        region["meta"] = {"text": notes}
-    return [region]
+    result = brush_result(np.asarray(suggestion.mask, dtype=bool), score=suggestion.score)
+    for region in result:
+        region["origin"] = "prediction"
+        notes = [n for n in (warning, f"route: {suggestion.route}" if suggestion.route else None) if n]
+        if notes:
+            region["meta"] = {"text": notes}
+    return result
 
 
 def context_query(context: Any) -> str | None:
