@@ -434,3 +434,19 @@ def _print_status(st: dict[str, Any]) -> None:
     tr = st["triplets"]
     t.add_row("triplets", str(tr["total"]), f"active {tr['active']}, withdrawn {tr['withdrawn']}")
     con.print(t)
+    if st.get("prelabel_quality"):
+        q = Table(title="pre-label quality per model version")
+        for col in ("model version", "annotations", "accepted", "IoU pre-label vs accepted (median)",
+                    "accepted unchanged", "median lead time"):
+            q.add_column(col)
+
+        def fmt(v: Any, pct: bool = False, unit: str = "") -> str:
+            if v is None:
+                return "-"
+            return f"{v:.0%}" if pct else f"{v:.2f}{unit}"
+
+        for r in st["prelabel_quality"]:
+            q.add_row(r["model_version"], str(r["n_annotations"]), fmt(r["acceptance_rate"], pct=True),
+                      fmt(r["median_iou"]), fmt(r["share_unchanged"], pct=True),
+                      fmt(r["median_lead_time_s"], unit=" s"))
+        con.print(q)

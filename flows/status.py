@@ -9,10 +9,13 @@ def collect_status(rt: Any) -> dict[str, Any]:
     """A JSON-able summary of the database behind ``rt`` (a :class:`flows.runtime.Runtime`).
 
     Keys: ``images``, ``items``, ``predictions``, ``tasks``, ``annotations``, ``triplets`` (each a dict with at least
-    ``total``), plus ``database`` (URL, password masked) and ``blob_store``.
+    ``total``), ``prelabel_quality`` (one row per model version: acceptance rate, IoU of the pre-label against the
+    accepted mask, share accepted unchanged, median lead time), plus ``database`` (URL, password masked) and
+    ``blob_store``.
     """
     import sqlalchemy as sa
 
+    from storage.datasets.quality import prelabel_quality
     from storage.db import safe_url
     from storage.models import Annotation, Image, Item, LabelProject, LabelTask, Prediction, Triplet
 
@@ -82,6 +85,7 @@ def collect_status(rt: Any) -> dict[str, Any]:
             else:
                 by_domain[domain or "(none)"] = by_domain.get(domain or "(none)", 0) + n
         triplets = {"total": t_total, "active": t_total - withdrawn, "withdrawn": withdrawn, "by_domain": by_domain}
+        quality = [q.row() for q in prelabel_quality(s, rt.blobs)]
     return {
         "database": safe_url(rt.settings.database_url),
         "blob_store": str(rt.settings.blob_url),
@@ -91,4 +95,5 @@ def collect_status(rt: Any) -> dict[str, Any]:
         "tasks": tasks,
         "annotations": annotations,
         "triplets": triplets,
+        "prelabel_quality": quality,
     }

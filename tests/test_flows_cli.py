@@ -41,6 +41,7 @@ def test_ingest_preannotate_status_json(prefect_harness, tmp_path, capsys):
     assert st["images"]["total"] == 6 and st["items"]["by_status"] == {"predicted": 10}
     assert st["predictions"]["by_model_version"] == {rep["model_version"]: {"ok": 10, "failed": 0}}
     assert st["tasks"]["total"] == 0 and st["triplets"]["total"] == 0
+    assert st["prelabel_quality"] == []  # nothing annotated yet
     code, out, err = _run(capsys, "status", "--data-dir", d)
     assert code == 0 and "predictions" in out and rep["model_version"] in out
 

@@ -102,6 +102,9 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
     st = collect_status(open_runtime(settings_from({"data_dir": str(data_dir)})))
     assert st["annotations"]["total"] == len(tasks)
     assert st["triplets"]["active"] == acts["accept"] + acts["correct"]
+    (quality,) = st["prelabel_quality"]  # one model version: the demo's tiny profile
+    assert quality["n_annotations"] == len(tasks)
+    assert quality["acceptance_rate"] == pytest.approx((acts["accept"] + acts["correct"]) / len(tasks))
     assert res.reports["export"]["annotations"] == st["triplets"]["active"]
     coco = json.loads(Path(res.outputs["coco"]).read_text())
     assert len(coco["annotations"]) == st["triplets"]["active"]
