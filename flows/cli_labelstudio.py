@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 ls_app = typer.Typer(help="Local Label Studio server and the annotation webhook receiver.", no_args_is_help=True)
 
 
-def _server(port: int | None = None, imagery: str | None = None):  # -> labeling.server.LabelStudioServer
+DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: GEOLABEL_DATA_DIR or ./.geolabel).")
+
+
+def _settings(data_dir: Path | None):  # -> storage.settings.Settings
+    from flows.runtime import settings_from
+
+    return settings_from({"data_dir": str(data_dir)} if data_dir else None)
+
+
+def _server(port: int | None = None, imagery: str | None = None, data_dir: Path | None = None):
+    """The local server for the settings (-> labeling.server.LabelStudioServer, Settings)."""
     from urllib.parse import urlparse
 
     from labeling.server import LabelStudioServer
-    from storage.settings import Settings
 
-    settings = Settings.load()
+    settings = _settings(data_dir)
     parsed = urlparse(settings.label_studio_url)
     kw = {}
     if imagery:
@@ -31,9 +42,10 @@ def start(
     port: int | None = typer.Option(None, help="Port (default: the one in GEOLABEL_LABEL_STUDIO_URL, else 8080)."),
     imagery: str | None = typer.Option(None, help="Local-files root (default: the first GEOLABEL_IMAGERY_ROOTS)."),
     timeout: float = typer.Option(300.0, help="Seconds to wait until the server is healthy."),
+    data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Start Label Studio from .venv-ls (data under <data_dir>/labelstudio) and wait until it is healthy."""
-    srv, settings = _server(port, imagery)
+    srv, settings = _server(port, imagery, data_dir)
     typer.echo(f"starting Label Studio in {srv.root} (first start runs migrations: can take minutes)…")
     st = srv.start(timeout=timeout)
     for line in st.lines():
@@ -45,16 +57,16 @@ def start(
 
 
 @ls_app.command("stop")
-def stop() -> None:
-    """Stop the server started by `geolabel labelstudio start`."""
-    srv, _ = _server()
+def stop(data_dir: Path | None = DATA_DIR) -> None:
+    """Stop the server started by `geolabel labelstudio start` (or by `geolabel demo`)."""
+    srv, _ = _server(data_dir=data_dir)
     typer.echo("stopped" if srv.stop() else "not running")
 
 
 @ls_app.command("status")
-def status() -> None:
+def status(data_dir: Path | None = DATA_DIR) -> None:
     """URL, version and whether the stored token works (never prints the token)."""
-    srv, _ = _server()
+    srv, _ = _server(data_dir=data_dir)
     st = srv.status()
     for line in st.lines():
         typer.echo(line)
@@ -71,36 +83,31 @@ def webhook(
         None, help="URL Label Studio should call (default http://HOST:PORT/webhook)."
     ),
     register: bool = typer.Option(True, help="Create/update the project's webhook in Label Studio."),
+    data_dir: Path | None = DATA_DIR,
 ) -> None:
     """Run the webhook receiver (ASGI, uvicorn); the shared secret comes from GEOLABEL_WEBHOOK_SECRET."""
     import uvicorn
-    from sqlalchemy.orm import Session
 
+    from flows.runtime import open_runtime
     from labeling.client import LabelStudioClient
     from labeling.project import ensure_project
     from labeling.webhook import make_webhook_app, register_webhook
-    from storage.blobs import open_blob_store
-    from storage.db import make_engine
-    from storage.settings import Settings
 
-    settings = Settings.load()
+    settings = _settings(data_dir)
     secret = settings.webhook_secret()
     if not secret:
         raise typer.BadParameter(
             f"set the shared secret in the environment variable {settings.webhook_secret_env} (16+ characters)"
         )
-    engine = make_engine(settings.database_url)
-    blobs = open_blob_store(settings.blob_url, endpoint_url=settings.s3_endpoint_url) if settings.blob_url.startswith(
-        "s3://"
-    ) else open_blob_store(settings.blob_url)
-    with LabelStudioClient.from_settings(settings) as client, Session(engine) as session:
+    rt = open_runtime(settings, init_schema=False)  # a receiver never migrates: `geolabel db upgrade` does
+    with LabelStudioClient.from_settings(settings) as client, rt.session() as session:
         handle = ensure_project(client, session, project)
         session.commit()
         url = public_url or f"http://{host}:{port}/webhook"
         if register:
             register_webhook(client, handle, url, secret.get_secret_value())
             typer.echo(f"webhook registered for project {handle.ls_project_id}: {url}")
-    app = make_webhook_app(engine, blobs, handle, secret.get_secret_value())
+    app = make_webhook_app(rt.engine, rt.blobs, handle, secret.get_secret_value())
     typer.echo(f"listening on http://{host}:{port}/webhook (secret from {settings.webhook_secret_env})")
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -551,10 +551,10 @@ def test_cli_status_names_token_variable_only(labelstudio_server, monkeypatch, c
 
     root = labelstudio_server.server.root
     assert root.name == "labelstudio"
-    monkeypatch.setenv("GEOLABEL_DATA_DIR", str(root.parent))
+    monkeypatch.delenv("GEOLABEL_DATA_DIR", raising=False)
     monkeypatch.setenv("GEOLABEL_IMAGERY_ROOTS", str(labelstudio_server.imagery_root))
     try:
-        main(["labelstudio", "status"])
+        main(["labelstudio", "status", "--data-dir", str(root.parent)])
     except SystemExit as ex:
         assert ex.code in (0, None)
     out = capsys.readouterr().out
