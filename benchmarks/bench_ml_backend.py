@@ -58,7 +58,7 @@ def main() -> None:
     from labeling.push import ImageUrlResolver
     from labeling.server import LabelStudioServer, default_venv
     from tests.fixtures.labelstudio import _template_dir
-    from tests.test_ml_backend_protocol import serve
+    from tests.labeling.test_ml_backend_protocol import serve
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ml-"))
     tpl = _template_dir(default_venv())

@@ -25,7 +25,7 @@ fi
 
 bash scripts/labelstudio_venv.sh
 
-# Debian's chromium for the browser test (tests/test_browser_labelstudio.py drives it headless with Playwright).
+# Debian's chromium for the browser test (tests/integration/test_browser_labelstudio.py drives it headless with Playwright).
 # Installed only as root where apt works; never fatal: without it that test skips and says why.
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,17 @@
+"""Row counts for status pages and tests."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from storage.models import Item, ItemStatus
+
+
+def item_status_counts(session: Session) -> dict[str, int]:
+    q = sa.select(Item.status, sa.func.count()).group_by(Item.status)
+    return {ItemStatus(s).value: n for s, n in session.execute(q)}
+
+
+def count_rows(session: Session, model: type) -> int:
+    return session.execute(sa.select(sa.func.count()).select_from(model)).scalar_one()

@@ -1,0 +1,209 @@
+"""The annotator's view in a real browser: Debian's chromium driven headless by Playwright against the session's real
+Label Studio. The review task is made by the product's own path: a GeoSeg prediction (served grounder answering a
+canned box on a real aerial image + tiny CLIP Surgery + tiny SAM3, meaningless masks) stored in the database and
+pushed with ``labeling.push.push_predictions``. The test logs in as the server's admin, opens the task and checks that
+the image, the query text, the pre-label region and the verdict choices render; screenshots go to a temp dir
+(``GEOLABEL_SCREENSHOT_DIR`` to keep them, e.g. for docs/screenshots/).
+
+Skipped, with the reason, only when chromium or the playwright package is missing (``scripts/setup.sh`` installs
+both where apt is available); with ``CI`` set, a missing browser fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
+CHROMIUM = Path(os.environ.get("GEOLABEL_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.labelstudio
+
+
+def _need_browser() -> None:
+    reason = None
+    if not CHROMIUM.exists():
+        reason = f"chromium not installed at {CHROMIUM} (apt-get install -y chromium; scripts/setup.sh does it as root)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "the playwright package is not installed (pip install -e '.[dev]')"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def browser_page():
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="geolabel-chromium-")  # a fresh --user-data-dir per test
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1200, "height": 1080},
+        )
+        try:
+            yield ctx.new_page()
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def geoseg_review_task(ls_project, chat_server, tiny_matcher, tiny_segmenter):
+    """A review task pushed from a stored GeoSeg prediction; returns (project, task id, query, mask area)."""
+    from geoseg.grounding import build_grounder
+    from geoseg.imagery import read_image
+    from geoseg.pipeline import GeoSegPipeline
+    from geoseg.types import BackendSpec, GeoSegConfig
+    from labeling.push import ImageUrlResolver, push_predictions
+    from storage import repo
+    from storage.blobs import sha256_hex
+    from storage.maskcodec import encode_mask
+    from storage.records import ImageRecord, ItemRecord, PredictionRecord
+
+    ls, s = ls_project.ls, ls_project.session
+    dst = ls.imagery_root / f"browser-{uuid.uuid4().hex[:6]}" / "SOAP_031.png"
+    dst.parent.mkdir()
+    shutil.copy(AERIAL / "SOAP_031.png", dst)
+    data = dst.read_bytes()
+    loaded = read_image(data)
+    grounder = build_grounder(
+        BackendSpec("openai", "test-served-model", {"base_url": chat_server.base_url, "max_retries": 0})
+    )
+    pipeline = GeoSegPipeline(GeoSegConfig(profile="tiny-served"), grounder=grounder, matcher=tiny_matcher,
+                              segmenter=tiny_segmenter)
+    query = "the largest building"  # the chat server's canned answer for it is a box (hand-written, not a model's)
+    res = pipeline(loaded.rgb, query)
+    image_id = repo.upsert_image(s, ImageRecord.from_loaded(loaded, sha256_hex(data), str(dst)))
+    item_id = repo.upsert_item(s, ItemRecord(image_id, query, "L1", "Urban"))
+    sha = ls_project.blobs.put(encode_mask(res.mask))
+    repo.upsert_prediction(s, PredictionRecord.from_result(item_id, res, sha, score=0.5))
+    s.commit()
+    rep = push_predictions(ls.client, s, ls_project.blobs, ls_project.handle, res.model_version,
+                           image_url=ImageUrlResolver(ls.imagery_root))
+    assert rep.pushed == 1, rep
+    (task,) = list(ls.client.iter_tasks(ls_project.handle.ls_project_id))
+    return ls_project, task["id"], query, res.area
+
+
+def test_annotator_sees_image_query_prelabel_and_verdicts(geoseg_review_task, browser_page, tmp_path):
+    proj, task_id, query, area = geoseg_review_task
+    ls = proj.ls
+    shots = Path(os.environ.get("GEOLABEL_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    creds = ls.server.credentials()
+    page = browser_page
+
+    page.goto(ls.url + "/user/login/")
+    page.fill("#email", creds["email"])
+    page.fill("#password", creds["password"])
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/user/login" not in u, timeout=60_000)
+
+    page.goto(f"{ls.url}/projects/{proj.handle.ls_project_id}/data?tab=0&task={task_id}")
+    page.get_by_text("Verdict on the mask").wait_for(timeout=90_000)
+    # the image: the task's local-files URL, decoded by the browser at its full size
+    page.wait_for_function(
+        "() => [...document.images].some(i => i.src.includes('/data/local-files/') && i.naturalWidth === 400)",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(1500)  # let the canvas paint the brush region
+    page.screenshot(path=str(shots / "review_task.png"))
+    body = page.inner_text("body")
+    lines = [ln.strip() for ln in body.splitlines()]
+    assert query in lines  # the query text, as the Text tag shows it
+    assert area > 0, "the GeoSeg prediction for the browser test is empty; the canned box should give a mask"
+    assert "target" in lines  # the pre-label's brush region, listed in the regions panel
+    # ... and painted over the image: the label colour (#ff3b30, semi-transparent) is on screen
+    from PIL import Image
+
+    px = np.asarray(Image.open(shots / "review_task.png").convert("RGB")).astype(int)
+    red = (px[..., 0] > 170) & (px[..., 1] < 110) & (px[..., 2] < 110)
+    assert red.sum() > 200, f"no brush region painted ({red.sum()} red pixels)"
+    # the verdict choices, below the image: scroll them into view for the second screenshot
+    verdict = page.get_by_text("Verdict on the mask")
+    verdict.scroll_into_view_if_needed()
+    for choice in ("accept", "no target", "reject"):
+        loc = page.get_by_text(re.compile(rf"^{choice}(\[\d\])?$"))
+        assert loc.count() >= 1 and loc.first.is_visible(), choice
+    page.screenshot(path=str(shots / "review_task_verdict.png"))
+    assert (shots / "review_task.png").stat().st_size > 10_000
+
+
+def _login(page, ls) -> None:
+    creds = ls.server.credentials()
+    page.goto(ls.url + "/user/login/")
+    page.fill("#email", creds["email"])
+    page.fill("#password", creds["password"])
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/user/login" not in u, timeout=60_000)
+
+
+def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page, tmp_path):
+    """An annotator opens an intake task in the browser, types a query, picks a level and submits; the pull makes it
+    an item."""
+    from PIL import Image as PILImage
+
+    from labeling.intake import create_intake_tasks, ensure_intake_project, pull_queries
+    from labeling.push import ImageUrlResolver
+    from storage import repo
+    from storage.blobs import sha256_hex
+    from storage.models import Item
+    from storage.records import ImageRecord
+
+    ls, s = ls_project.ls, ls_project.session
+    shots = Path(os.environ.get("GEOLABEL_SCREENSHOT_DIR") or tmp_path)
+    dst = ls.imagery_root / f"intake-browser-{uuid.uuid4().hex[:6]}" / "SOAP_061.png"
+    dst.parent.mkdir()
+    shutil.copy(AERIAL / "SOAP_061.png", dst)
+    w, h = PILImage.open(dst).size
+    repo.upsert_image(s, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
+    s.commit()
+    proj = ensure_intake_project(ls.client, s, f"intake browser {uuid.uuid4().hex[:6]}", imagery_root=ls.imagery_root)
+    s.commit()
+    create_intake_tasks(ls.client, s, proj, ImageUrlResolver(ls.imagery_root))
+    (task,) = list(ls.client.iter_tasks(proj.ls_project_id))
+
+    page = browser_page
+    _login(page, ls)
+    page.goto(f"{ls.url}/projects/{proj.ls_project_id}/data?tab=0&task={task['id']}")
+    box = page.locator("textarea").first
+    box.wait_for(timeout=90_000)
+    box.fill("the gravel road along the clearing")
+    box.press("Shift+Enter")  # LSF adds a multi-row TextArea's text with Shift+Enter
+    page.get_by_text(re.compile(r"^L2(\[\d\])?$")).first.click()
+    page.screenshot(path=str(shots / "intake_task.png"))
+    page.get_by_role("button", name="Submit").click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ls.client.task_annotations(task["id"]):
+        time.sleep(0.3)
+    rep = pull_queries(ls.client, s, proj)
+    assert rep.items_new == 1 and rep.malformed == [], (rep, ls.client.task_annotations(task["id"]))
+    s.expire_all()
+    (item,) = s.query(Item).all()
+    assert (item.query, item.level) == ("the gravel road along the clearing", "L2")
