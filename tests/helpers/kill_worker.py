@@ -1,4 +1,4 @@
-"""Worker process for the kill-and-rerun suite (tests/integration/test_reliability_kill.py); run as ``python kill_worker.py JSON``.
+"""Worker for the kill-and-rerun suite (tests/integration/test_reliability_kill.py): ``python kill_worker.py JSON``.
 
 It runs one phase of the real loop -- ``cycle`` (label_cycle_flow: ingest -> preannotate -> push -> sync) or
 ``sync_export`` (sync_flow, then export_flow) -- against the services named in the JSON (database URL, blob URL,

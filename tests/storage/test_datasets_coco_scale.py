@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _export(*args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "tests.fixtures.coco_scale", "export", *args], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "tests.fixtures.coco_scale", "export", *args]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=300)
     return json.loads(out.stdout.strip())
 
 
