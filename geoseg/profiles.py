@@ -44,6 +44,14 @@ PAPER_GROUNDER = "Qwen/Qwen3-VL-32B-Instruct"
 #: with the "openai" tag would warn of the mismatch and run the wrong activation).
 PAPER_MATCHER = "ViT-B-16-quickgelu"
 PAPER_SEGMENTER = "facebook/sam3"
+#: Route B = union of SAM3 instances scoring above 0.3, empty when the presence head says "absent"; Route A = one
+#: prompt with all keypoints (multimask only for a single point). Sources and reasons: geoseg.segment.sam3_transformers.
+PAPER_SEGMENTER_OPTIONS = {
+    "text_instances": "union",
+    "text_score_threshold": 0.3,
+    "presence_threshold": 0.5,
+    "point_mode": "auto",
+}
 PROFILE_NAMES = ("paper", "tiny")
 _SPECS = ("grounder", "matcher", "segmenter")
 
@@ -53,7 +61,7 @@ def paper_config() -> GeoSegConfig:
         profile="paper",
         grounder=BackendSpec("transformers", PAPER_GROUNDER, {"convention": "norm1000", "require_gpu": True}),
         matcher=BackendSpec("open_clip", PAPER_MATCHER, {"pretrained": "openai", "require_gpu": True}),
-        segmenter=BackendSpec("sam3-transformers", PAPER_SEGMENTER, {"require_gpu": True}),
+        segmenter=BackendSpec("sam3-transformers", PAPER_SEGMENTER, {**PAPER_SEGMENTER_OPTIONS, "require_gpu": True}),
     )
 
 

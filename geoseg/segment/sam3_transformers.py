@@ -8,14 +8,53 @@ loads ``detector_model.vision_encoder.backbone.*`` into the tracker's backbone).
    ``sam3_video`` checkpoint the tracker is assembled, see ``tracker_from_video_checkpoint``), checks that the two
    backbones hold identical weights, then ties them to one module;
 2. ``set_image(crop)`` runs the image processor and the backbone ViT once, keeping ``last_hidden_state``;
+   ``set_images(crops)`` does the same for several crops in batches of ``encode_batch_size`` per forward (the
+   processor resizes every crop to the model's fixed square input, so crops of any size stack);
 3. ``predict_text`` feeds the detector neck's output as ``vision_embeds=`` (``Sam3VisionEncoderOutput``) to
-   ``Sam3Model.forward``; ``predict_points`` feeds the tracker neck's output, prepared exactly like
-   ``Sam3TrackerModel.get_image_embeddings``, as ``image_embeddings=`` to ``Sam3TrackerModel.forward``.
+   ``Sam3Model.forward`` (``predict_text_many``: several crops and phrases in one forward); ``predict_points`` feeds
+   the tracker neck's output as ``image_embeddings=`` to ``Sam3TrackerModel.forward``.
+
+**Route B decision (text prompt).** A query's score is ``sigmoid(pred_logit) * sigmoid(presence_logit)``, the score
+Meta's ``Sam3Processor._forward_grounding`` and transformers' ``post_process_instance_segmentation`` both use. The
+defaults here (``text_instances="union"``, ``text_score_threshold=0.3``, ``presence_threshold=0.5``) are the paper
+profile's: the mask is the union of every instance whose score is above 0.3, and empty when the presence head says the
+concept is absent (``sigmoid(presence) < 0.5``), so that Eq. 7 falls back to Route A alone instead of intersecting it
+with a junk mask. Sources for the threshold: transformers 5.23 ``Sam3Processor.post_process_instance_segmentation``
+defaults to ``threshold=0.3`` on exactly this score; Meta's ``sam3.model.sam3_image_processor.Sam3Processor`` uses
+``confidence_threshold=0.5``; the public GeoSeg code (``Tankowa/GeoSeg``,
+``CLIP_Surgery/process_annotations_clip_surverg.py``) runs Ultralytics' ``SAM3SemanticPredictor`` with ``conf=0.25``
+(the value of Ultralytics' own usage example) and unions all returned masks. We keep 0.3: it is the default of the
+library we call, on the same score, and lies between the other two; it is an option. The separate presence gate is
+our reading of the presence head (a binary "is the concept in the image" classifier); none of the references gates on
+it separately (they only fold it into the product), so ``presence_threshold=None`` turns the gate off.
+``text_instances="best"`` keeps only the top instance (the old behaviour).
+
+**Route A decision (point prompts), ``point_mode``.** ``"auto"`` (paper profile): one point -> ``multimask_output=True``
+and the mask with the best predicted IoU (SAM's three outputs resolve a single click's ambiguity); several points ->
+one prompt with all of them and ``multimask_output=False`` (Meta, ``sam1_task_predictor.SAM3InteractiveImagePredictor
+.predict``: "for non-ambiguous prompts, such as multiple input prompts, multimask_output=False can give better
+results"). ``"per_point_union"``: every point is its own single-point prompt (all in one decoder forward, one mask
+each, ``multimask_output=False``) and the masks are unioned; this is what the public GeoSeg code does (Ultralytics'
+``SAM.predict(points=[[x, y], ...], labels=[1, ...])`` treats a flat point list as one prompt per point, its docs'
+"multiple points" example, and the script unions the returned masks). The paper profile uses ``"auto"``: the
+paper's Route A prompts SAM3 with the keypoint set P of one target (Eq. 4), and Top-K NMS keypoints all lie on that
+target, which is the "multiple input prompts, one object" case Meta's guidance is about; ``per_point_union`` is there
+to reproduce the public code's numbers.
+
+**Tracker features and ``no_memory_embedding``.** Meta's image path (``sam1_task_predictor.set_image``) takes the
+tracker neck's levels after ``SAM3VLBackbone(scalp=1)`` has discarded the lowest-resolution (0.5x, 36x36) one, runs
+``conv_s0``/``conv_s1`` on the two high-resolution levels and adds ``no_mem_embed`` to ``vision_feats[-1]``, the 1x
+(72x72) level that becomes the image embedding. transformers 5.23 ``Sam3TrackerVideoModel.get_image_features`` also
+drops the 0.5x level first (``fpn_hidden_states[:-1]``); ``Sam3TrackerModel.get_image_features`` keeps all four
+levels, so ``Sam3TrackerModel.get_image_embeddings`` adds ``no_memory_embedding`` to the 0.5x map and then drops that
+map (``zip`` with the three ``backbone_feature_sizes``): the embedding is never applied. This backend follows Meta
+(``tracker_maps``): the 72x72 map gets it. With the released weights this changes the point-prompt masks wherever
+``no_mem_embed`` is non-zero; a test pins the level.
 
 The necks are a few convolutions; the ViT is where the time goes. ``encoder_calls`` counts backbone forwards (a
-forward hook), so tests and the benchmark can check "exactly one per crop". With ``share_encoding=False`` each route
-instead passes ``pixel_values`` to its own model (the naive use of the API: two encodings per crop), kept for the
-benchmark's comparison.
+forward hook), so tests and the benchmark can check "exactly one per crop" (one per batch with ``set_images``). With
+``share_encoding=False`` each route instead encodes the crop with its own model (the naive use of the API: two
+encodings per crop), kept for the benchmark's comparison.
 """
 
 from __future__ import annotations
@@ -108,6 +147,13 @@ def tracker_from_video_checkpoint(source: str, dtype: Any = None) -> tuple[Any, 
     return tracker.eval(), {"missing_keys": list(result.missing_keys), "assembled_from": "sam3_video"}
 
 
+#: Route B defaults of the paper profile (see the module docstring for the sources).
+TEXT_SCORE_THRESHOLD = 0.3
+PRESENCE_THRESHOLD = 0.5
+TEXT_INSTANCES = ("union", "best")
+POINT_MODES = ("auto", "per_point_union")
+
+
 @dataclass
 class Sam3ImageState:
     """The encoding of one crop: backbone tokens plus lazily built neck features for each head."""
@@ -118,7 +164,8 @@ class Sam3ImageState:
     pixel_values: Any = None  # kept only in naive mode (share_encoding=False)
     detector_embeds: Any = None
     tracker_embeds: Any = None
-    scores: dict[str, float] = field(default_factory=dict)  # score of the last mask per route
+    scores: dict[str, float] = field(default_factory=dict)  # scores of the last prompts (see predict_*)
+    calls: dict[str, Any] = field(default_factory=dict)  # how the last prompts were run (for tests and audits)
 
 
 class Sam3TransformersSegmenter:
@@ -133,8 +180,11 @@ class Sam3TransformersSegmenter:
         *,
         device: str = "cpu",
         mask_threshold: float = 0.5,
-        text_score_threshold: float = 0.0,
-        text_instances: str = "best",
+        text_score_threshold: float = TEXT_SCORE_THRESHOLD,
+        presence_threshold: float | None = PRESENCE_THRESHOLD,
+        text_instances: str = "union",
+        point_mode: str = "auto",
+        encode_batch_size: int = 8,
         share_encoding: bool = True,
         is_tiny: bool = False,
         source: str = "",
@@ -145,8 +195,14 @@ class Sam3TransformersSegmenter:
             raise ValueError(f"mask_threshold is a probability in (0, 1), got {mask_threshold}")
         if not 0.0 <= text_score_threshold < 1.0:
             raise ValueError(f"text_score_threshold must lie in [0, 1), got {text_score_threshold}")
-        if text_instances not in ("best", "union"):
-            raise ValueError(f"text_instances must be 'best' or 'union', got {text_instances!r}")
+        if presence_threshold is not None and not 0.0 <= presence_threshold < 1.0:
+            raise ValueError(f"presence_threshold must lie in [0, 1) or be None (no gate), got {presence_threshold}")
+        if text_instances not in TEXT_INSTANCES:
+            raise ValueError(f"text_instances must be one of {list(TEXT_INSTANCES)}, got {text_instances!r}")
+        if point_mode not in POINT_MODES:
+            raise ValueError(f"point_mode must be one of {list(POINT_MODES)}, got {point_mode!r}")
+        if not isinstance(encode_batch_size, int) or isinstance(encode_batch_size, bool) or encode_batch_size < 1:
+            raise ValueError(f"encode_batch_size must be an integer >= 1, got {encode_batch_size!r}")
         self.detector = detector.eval()
         self.processor = processor
         self.tracker = tracker.eval()
@@ -155,7 +211,10 @@ class Sam3TransformersSegmenter:
         self.mask_threshold = float(mask_threshold)
         self._mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))
         self.text_score_threshold = float(text_score_threshold)
+        self.presence_threshold = None if presence_threshold is None else float(presence_threshold)
         self.text_instances = text_instances
+        self.point_mode = point_mode
+        self.encode_batch_size = encode_batch_size
         self.share_encoding = bool(share_encoding)
         self.is_tiny = is_tiny
         self.source = source
@@ -193,7 +252,15 @@ class Sam3TransformersSegmenter:
         device = _resolve_device(opts.pop("device", "auto"))
         dtype = _resolve_dtype(opts.pop("dtype", None))
         opts.pop("require_gpu", None)
-        known = {"mask_threshold", "text_score_threshold", "text_instances", "share_encoding"}
+        known = {
+            "mask_threshold",
+            "text_score_threshold",
+            "presence_threshold",
+            "text_instances",
+            "point_mode",
+            "encode_batch_size",
+            "share_encoding",
+        }
         unknown = set(opts) - known
         if unknown:
             raise ValueError(f"unknown sam3-transformers options {sorted(unknown)}; known: {sorted(known)}")
@@ -228,56 +295,98 @@ class Sam3TransformersSegmenter:
 
     # ----------------------------------------------------------------------------------------------- encoding
 
+    def _pixel_values(self, crops: list[np.ndarray]):
+        # input_data_format: a crop 1 or 3 px tall would otherwise be guessed channels-first.
+        inputs = self.processor.image_processor(images=crops, input_data_format="channels_last", return_tensors="pt")
+        return inputs["pixel_values"].to(self.device, self.dtype)
+
     def set_image(self, crop: np.ndarray) -> Sam3ImageState:
         """Preprocess the crop and run the ViT backbone once; both routes reuse the result."""
+        return self.set_images([crop])[0]
+
+    def set_images(self, crops: list[np.ndarray]) -> list[Sam3ImageState]:
+        """``set_image`` for several crops, ``encode_batch_size`` crops per backbone forward."""
         import torch
 
-        crop = np.array(_check_crop(crop), copy=True)  # a private, writable copy for the processor
-        h, w = crop.shape[:2]
-        inputs = self.processor.image_processor(images=crop, return_tensors="pt")
-        px = inputs["pixel_values"].to(self.device, self.dtype)
-        grid = (px.shape[-2] // self.patch_size, px.shape[-1] // self.patch_size)
-        if not self.share_encoding:
-            return Sam3ImageState(crop_size=(h, w), grid=grid, pixel_values=px)
-        with torch.inference_mode():
-            hidden = self.backbone(px).last_hidden_state
-        return Sam3ImageState(crop_size=(h, w), grid=grid, hidden=hidden)
+        checked = [np.array(_check_crop(c), copy=True) for c in crops]  # private, writable copies for the processor
+        states: list[Sam3ImageState] = []
+        for start in range(0, len(checked), self.encode_batch_size):
+            chunk = checked[start : start + self.encode_batch_size]
+            px = self._pixel_values(chunk)
+            grid = (px.shape[-2] // self.patch_size, px.shape[-1] // self.patch_size)
+            if not self.share_encoding:
+                states += [Sam3ImageState(c.shape[:2], grid, pixel_values=px[i : i + 1]) for i, c in enumerate(chunk)]
+                continue
+            with torch.inference_mode():
+                hidden = self.backbone(px).last_hidden_state
+            states += [Sam3ImageState(c.shape[:2], grid, hidden=hidden[i : i + 1]) for i, c in enumerate(chunk)]
+        return states
 
-    def _spatial(self, state: Sam3ImageState):
-        rows, cols = state.grid
-        return state.hidden.view(state.hidden.shape[0], rows, cols, -1).permute(0, 3, 1, 2)
+    def _spatial(self, hidden, grid: tuple[int, int]):
+        rows, cols = grid
+        return hidden.view(hidden.shape[0], rows, cols, -1).permute(0, 3, 1, 2)
 
-    def detector_embeds(self, state: Sam3ImageState):
-        """``Sam3VisionEncoderOutput`` for ``Sam3Model.forward(vision_embeds=...)`` from the shared backbone."""
+    def _detector_embeds_batch(self, states: list[Sam3ImageState]):
+        """One ``Sam3VisionEncoderOutput`` for the stacked states (the neck runs once for all of them)."""
         import torch
         from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-        if state.detector_embeds is None:
-            with torch.inference_mode():
-                fpn, pos = self.detector.vision_encoder.neck(self._spatial(state))
-            state.detector_embeds = Sam3VisionEncoderOutput(
-                last_hidden_state=state.hidden, fpn_hidden_states=fpn, fpn_position_encoding=pos
-            )
-        return state.detector_embeds
+        if len(states) == 1 and states[0].detector_embeds is not None:
+            return states[0].detector_embeds
+        hidden = torch.cat([s.hidden for s in states])
+        with torch.inference_mode():
+            fpn, pos = self.detector.vision_encoder.neck(self._spatial(hidden, states[0].grid))
+        out = Sam3VisionEncoderOutput(last_hidden_state=hidden, fpn_hidden_states=fpn, fpn_position_encoding=pos)
+        if len(states) == 1:
+            states[0].detector_embeds = out
+        return out
+
+    def detector_embeds(self, state: Sam3ImageState):
+        """``Sam3VisionEncoderOutput`` for ``Sam3Model.forward(vision_embeds=...)`` from the shared backbone."""
+        return self._detector_embeds_batch([state])
+
+    def tracker_maps(self, fpn: Any) -> list[Any]:
+        """The tracker's image embeddings from its neck's FPN levels (NCHW), as Meta's image predictor builds them.
+
+        Drops the 0.5x level (Meta: ``SAM3VLBackbone(scalp=1)``; transformers: ``Sam3TrackerVideoModel
+        .get_image_features``), projects the two high-resolution levels with ``conv_s0``/``conv_s1`` and adds
+        ``no_memory_embedding`` to the lowest kept level (the 72x72 image embedding at 1008 px), see the module
+        docstring: transformers' ``Sam3TrackerModel.get_image_embeddings`` adds it to the dropped 0.5x map instead.
+        """
+        import torch
+
+        sizes = [tuple(s) for s in self.tracker.backbone_feature_sizes]
+        maps = list(fpn)[: len(sizes)]  # the neck's last level (0.5x) is not used by the SAM heads
+        with torch.inference_mode():
+            maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
+            maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
+            maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
+        got = [tuple(m.shape[-2:]) for m in maps]
+        if got != sizes:
+            raise RuntimeError(f"tracker feature maps {got} differ from the config's backbone_feature_sizes {sizes}")
+        return maps
 
     def tracker_embeds(self, state: Sam3ImageState):
-        """The list ``Sam3TrackerModel.get_image_embeddings`` would return, built from the shared backbone."""
+        """The tracker's image embeddings for one crop (see ``tracker_maps``), built once per state."""
         import torch
 
         if state.tracker_embeds is None:
             with torch.inference_mode():
-                fpn, _pos = self.tracker.vision_encoder.neck(self._spatial(state))
-                maps = list(fpn)
-                maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
-                maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
-                maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
-            state.tracker_embeds = maps[: len(self.tracker.backbone_feature_sizes)]
+                if self.share_encoding:
+                    fpn, _pos = self.tracker.vision_encoder.neck(self._spatial(state.hidden, state.grid))
+                else:  # the naive path: the tracker encodes the crop itself
+                    fpn = self.tracker.vision_encoder(state.pixel_values).fpn_hidden_states
+            state.tracker_embeds = self.tracker_maps(fpn)
         return state.tracker_embeds
 
     # ----------------------------------------------------------------------------------------------- prompts
 
     def predict_points(self, state: Sam3ImageState, points: np.ndarray) -> np.ndarray:
-        """Positive point prompts (k, 2) as (x, y) crop pixels -> the best-IoU mask of SAM's three, (h, w) bool."""
+        """Positive point prompts (k, 2) as (x, y) crop pixels -> (h, w) bool mask (``point_mode``, module docstring).
+
+        ``state.calls["point"]`` records the decoder call (``multimask_output``, number of prompts, masks returned);
+        ``state.scores["point"]`` the predicted IoU of the returned mask (the mean over points for the union).
+        """
         import torch
 
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
@@ -286,63 +395,84 @@ class Sam3TransformersSegmenter:
         if not np.isfinite(pts).all():
             raise ValueError("points contain NaN or infinite values")
         h, w = state.crop_size
+        per_point = self.point_mode == "per_point_union" and len(pts) > 1
+        if per_point:  # one prompt (object) per point, one point each
+            prompts, labels = [[[p] for p in pts.tolist()]], [[[1] for _ in range(len(pts))]]
+        else:  # one prompt holding every point
+            prompts, labels = [[pts.tolist()]], [[[1] * len(pts)]]
+        multimask = len(pts) == 1
         enc = self.tracker_processor(
-            input_points=[[pts.tolist()]],
-            input_labels=[[[1] * len(pts)]],
-            original_sizes=[[h, w]],
-            return_tensors="pt",
+            input_points=prompts, input_labels=labels, original_sizes=[[h, w]], return_tensors="pt"
         )
-        kwargs = {
-            "input_points": enc["input_points"].to(self.device, self.dtype),
-            "input_labels": enc["input_labels"].to(self.device),
-            "multimask_output": True,
-        }
         with torch.inference_mode():
-            if self.share_encoding:
-                out = self.tracker(image_embeddings=self.tracker_embeds(state), **kwargs)
-            else:
-                out = self.tracker(pixel_values=state.pixel_values, **kwargs)
-            iou = out.iou_scores[0, 0].float()
-            best = int(torch.argmax(iou))
-            low = out.pred_masks[0, 0, best : best + 1].float()  # (1, h', w') logits
-            mask = self.tracker_processor.post_process_masks(
-                [low[None]], [[h, w]], mask_threshold=self._mask_logit_threshold, binarize=True
-            )[0][0, 0]
-        state.scores["point"] = float(iou[best])
-        return mask.cpu().numpy().astype(bool)
+            out = self.tracker(
+                image_embeddings=self.tracker_embeds(state),
+                input_points=enc["input_points"].to(self.device, self.dtype),
+                input_labels=enc["input_labels"].to(self.device),
+                multimask_output=multimask,
+            )
+            iou = out.iou_scores[0].float()  # (objects, masks per object)
+            best = torch.argmax(iou, dim=-1)  # the single mask when multimask is off
+            rows = torch.arange(iou.shape[0])
+            low = out.pred_masks[0][rows, best].float()  # (objects, h', w') logits
+            masks = self.tracker_processor.post_process_masks(
+                [low[:, None]], [[h, w]], mask_threshold=self._mask_logit_threshold, binarize=True
+            )[0][:, 0]
+        state.calls["point"] = {
+            "multimask_output": multimask,
+            "prompts": int(iou.shape[0]),
+            "masks_per_prompt": int(out.pred_masks.shape[2]),
+        }
+        state.scores["point"] = float(iou[rows, best].mean())
+        return masks.any(dim=0).cpu().numpy().astype(bool)
 
     def predict_text(self, state: Sam3ImageState, phrase: str) -> np.ndarray:
-        """A noun phrase -> the best-scoring SAM3 instance mask (or the union above the score threshold)."""
+        """A noun phrase -> the union of SAM3's instances above the score threshold, presence-gated (module
+        docstring). ``state.scores``: ``text`` (best instance score), ``presence``, ``text_instances`` (kept)."""
+        return self.predict_text_many([state], [phrase])[0]
+
+    def predict_text_many(self, states: list[Sam3ImageState], phrases: list[str]) -> list[np.ndarray]:
+        """``predict_text`` for several (crop, phrase) pairs in one detector forward."""
         import torch
 
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise ValueError("predict_text needs a non-empty phrase")
-        h, w = state.crop_size
-        text = self.processor(text=phrase.strip(), return_tensors="pt")
+        if len(states) != len(phrases):
+            raise ValueError(f"predict_text_many needs one phrase per state, got {len(phrases)} for {len(states)}")
+        if not states:
+            return []
+        for phrase in phrases:
+            if not isinstance(phrase, str) or not phrase.strip():
+                raise ValueError("predict_text needs a non-empty phrase")
+        text = self.processor(text=[p.strip() for p in phrases], return_tensors="pt")
         kwargs = {
             "input_ids": text["input_ids"].to(self.device),
             "attention_mask": text["attention_mask"].to(self.device),
         }
         with torch.inference_mode():
             if self.share_encoding:
-                out = self.detector(vision_embeds=self.detector_embeds(state), **kwargs)
+                out = self.detector(vision_embeds=self._detector_embeds_batch(states), **kwargs)
             else:
-                out = self.detector(pixel_values=state.pixel_values, **kwargs)
-            if self.text_instances == "union":
-                res = self.processor.post_process_instance_segmentation(
-                    out, threshold=self.text_score_threshold, mask_threshold=self.mask_threshold, target_sizes=[(h, w)]
-                )[0]
-                state.scores["text"] = float(res["scores"].max()) if len(res["scores"]) else 0.0
-                if len(res["masks"]) == 0:
-                    return np.zeros((h, w), dtype=bool)
-                return res["masks"].bool().any(dim=0).cpu().numpy()
-            scores = out.pred_logits[0].float().sigmoid()
-            if out.presence_logits is not None:
-                scores = scores * out.presence_logits[0].float().sigmoid()
-            best = int(torch.argmax(scores))
-            state.scores["text"] = float(scores[best])
-            if scores[best] <= self.text_score_threshold:
-                return np.zeros((h, w), dtype=bool)
-            logits = out.pred_masks[0, best : best + 1].float()[None]  # (1, 1, h', w')
-            up = torch.nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            return (up[0, 0] > self._mask_logit_threshold).cpu().numpy()
+                out = self.detector(pixel_values=torch.cat([s.pixel_values for s in states]), **kwargs)
+            return [self._text_mask(out, i, state) for i, state in enumerate(states)]
+
+    def _text_mask(self, out: Any, i: int, state: Sam3ImageState) -> np.ndarray:
+        """Route B's decision for item ``i`` of a detector output (scores as transformers' post-processing)."""
+        import torch
+
+        h, w = state.crop_size
+        presence = 1.0
+        if out.presence_logits is not None:
+            presence = float(out.presence_logits[i].float().sigmoid().reshape(-1)[0])
+        scores = out.pred_logits[i].float().sigmoid() * presence
+        absent = self.presence_threshold is not None and presence < self.presence_threshold
+        keep = scores > self.text_score_threshold
+        if self.text_instances == "best":
+            keep = keep & (torch.arange(len(scores), device=scores.device) == torch.argmax(scores))
+        if absent:
+            keep = torch.zeros_like(keep)
+        state.scores.update(text=float(scores.max()), presence=presence, text_instances=int(keep.sum()))
+        state.calls["text"] = {"absent": absent, "kept": int(keep.sum()), "queries": int(len(scores))}
+        if not bool(keep.any()):
+            return np.zeros((h, w), dtype=bool)
+        probs = out.pred_masks[i][keep].float().sigmoid()[None]  # (1, n, h', w'), as post_process_* resizes
+        up = torch.nn.functional.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)[0]
+        return (up > self.mask_threshold).any(dim=0).cpu().numpy()

@@ -7,6 +7,8 @@ gives exactly the masks of the naive path (each model encoding the crop itself),
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,17 @@ import torch
 from geoseg.segment import build_segmenter
 from geoseg.segment.sam3_transformers import Sam3TransformersSegmenter
 from geoseg.types import BackendSpec
+
+
+def _spec(tiny_sam3_dir, **options):
+    opts = {"tracker_model": str(tiny_sam3_dir / "tracker"), "device": "cpu", **options}
+    return BackendSpec("sam3-transformers", str(tiny_sam3_dir / "detector"), opts)
+
+
+@pytest.fixture(scope="module")
+def fresh_segmenter(tiny_sam3_dir):
+    """A segmenter of this module's own whose weights the tests may force (and restore)."""
+    return build_segmenter(_spec(tiny_sam3_dir))
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +64,8 @@ def test_one_encoder_forward_per_crop(tiny_segmenter, aerial_rgb):
 
 
 def test_shared_embeddings_equal_the_classes_own(tiny_segmenter, aerial_rgb):
+    """The two high-resolution levels are the tracker's own; the detector features are the detector's own. (The tiny
+    ``no_memory_embedding`` is zero, so the third level matches too; the level it goes to is pinned below.)"""
     seg = tiny_segmenter
     crop = aerial_rgb[:90, :130].copy()
     state = seg.set_image(crop)
@@ -64,6 +79,30 @@ def test_shared_embeddings_equal_the_classes_own(tiny_segmenter, aerial_rgb):
         torch.testing.assert_close(a, b)
     for a, b in zip(seg.detector_embeds(state).fpn_hidden_states, ref_det.fpn_hidden_states, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_no_memory_embedding_goes_to_the_lowest_kept_level(fresh_segmenter, aerial_rgb):
+    """Meta's image predictor adds ``no_mem_embed`` to the 1x (72x72 at 1008 px) level after dropping the 0.5x one;
+    transformers' ``Sam3TrackerModel.get_image_embeddings`` adds it to the 0.5x map it then drops (never applied)."""
+    seg = fresh_segmenter
+    emb = seg.tracker.no_memory_embedding
+    saved = emb.detach().clone()
+    try:
+        with torch.no_grad():
+            emb.copy_(torch.randn(emb.shape, generator=torch.Generator().manual_seed(0)))
+        crop = aerial_rgb[:80, :80].copy()
+        mine = seg.tracker_embeds(seg.set_image(crop))
+        px = seg.processor.image_processor(images=crop, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            ref = seg.tracker.get_image_embeddings(px)
+        assert [tuple(m.shape[-2:]) for m in mine] == [tuple(s) for s in seg.tracker.backbone_feature_sizes]
+        torch.testing.assert_close(mine[0], ref[0])
+        torch.testing.assert_close(mine[1], ref[1])
+        torch.testing.assert_close(mine[2], ref[2] + emb.detach().view(1, -1, 1, 1))
+        assert not torch.allclose(mine[2], ref[2])
+    finally:
+        with torch.no_grad():
+            emb.copy_(saved)
 
 
 def test_shared_path_masks_equal_naive_path(tiny_segmenter, naive_segmenter, aerial_rgb):
@@ -81,17 +120,226 @@ def test_shared_path_masks_equal_naive_path(tiny_segmenter, naive_segmenter, aer
     assert s1.scores["point"] == pytest.approx(s2.scores["point"], abs=1e-5)
 
 
-def test_text_union_and_threshold(tiny_sam3_dir, aerial_rgb):
-    base = {"tracker_model": str(tiny_sam3_dir / "tracker"), "device": "cpu"}
-    det = str(tiny_sam3_dir / "detector")
-    best = build_segmenter(BackendSpec("sam3-transformers", det, base))
-    union = build_segmenter(BackendSpec("sam3-transformers", det, {**base, "text_instances": "union"}))
-    strict = build_segmenter(BackendSpec("sam3-transformers", det, {**base, "text_score_threshold": 0.999}))
+@contextmanager
+def forced(seg, *, presence: float | None = None, query: float | None = None, **attrs):
+    """Force the tiny detector's heads (real weights set, restored on exit): every presence logit to ``presence``
+    (its last linear layer: weight 0, bias = value; the model clamps at +-10) and/or every query's class logit high
+    (query and text projections reduced to one constant direction: the dot product exceeds the model's clamp at 12).
+    ``attrs`` set segmenter options (e.g. ``text_instances``) for the duration."""
+    det = seg.detector
+    layers = [
+        det.detr_decoder.presence_head.layer3,
+        det.dot_product_scoring.query_proj,
+        det.dot_product_scoring.text_proj,
+    ]
+    saved = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in layers]
+    old = {k: getattr(seg, k) for k in attrs}
+    try:
+        with torch.no_grad():
+            if presence is not None:
+                layers[0].weight.zero_()
+                layers[0].bias.fill_(presence)
+            if query is not None:
+                for m in layers[1:]:
+                    m.weight.zero_()
+                    m.bias.zero_()
+                    m.bias[0] = query
+        for k, v in attrs.items():
+            setattr(seg, k, v)
+        yield seg
+    finally:
+        with torch.no_grad():
+            for m, (w, bias) in zip(layers, saved, strict=True):
+                m.weight.copy_(w)
+                m.bias.copy_(bias)
+        for k, v in old.items():
+            setattr(seg, k, v)
+
+
+def test_route_b_defaults_are_the_paper_decision(tiny_segmenter):
+    assert tiny_segmenter.text_instances == "union"
+    assert tiny_segmenter.text_score_threshold == pytest.approx(0.3)
+    assert tiny_segmenter.presence_threshold == pytest.approx(0.5)
+
+
+def test_presence_absent_gives_an_empty_text_mask(fresh_segmenter, aerial_rgb):
+    crop = aerial_rgb[:64, :96]
+    with forced(fresh_segmenter, presence=-10.0, query=9.0):
+        state = fresh_segmenter.set_image(crop)
+        mask = fresh_segmenter.predict_text(state, "tree")
+    assert mask.shape == crop.shape[:2] and not mask.any()
+    assert state.calls["text"]["absent"] and state.calls["text"]["kept"] == 0
+    assert state.scores["presence"] < 1e-3
+
+
+def test_presence_present_gives_the_union_of_instances(fresh_segmenter, aerial_rgb):
+    """All queries forced above the threshold: the mask is the union of every instance, equal to the union of what
+    transformers' own ``post_process_instance_segmentation`` keeps on the model's full forward; "best" keeps one."""
+    seg = fresh_segmenter
+    crop = aerial_rgb[20:120, 40:170].copy()
+    h, w = crop.shape[:2]
+    with forced(seg, presence=10.0, query=9.0):
+        state = seg.set_image(crop)
+        mask = seg.predict_text(state, "tree")
+        px = seg.processor.image_processor(images=crop, return_tensors="pt")["pixel_values"]
+        text = seg.processor(text="tree", return_tensors="pt")
+        with torch.inference_mode():
+            out = seg.detector(pixel_values=px, **text)
+        ref = seg.processor.post_process_instance_segmentation(out, threshold=0.3, target_sizes=[(h, w)])[0]
+        with forced(seg, text_instances="best"):
+            best = seg.predict_text(seg.set_image(crop), "tree")
+    n = out.pred_logits.shape[1]
+    assert state.calls["text"] == {"absent": False, "kept": n, "queries": n} and n >= 2
+    assert len(ref["masks"]) == n
+    assert np.array_equal(mask, ref["masks"].bool().any(dim=0).numpy())
+    assert not np.any(best & ~mask)
+
+
+def test_text_score_threshold(fresh_segmenter, aerial_rgb):
     crop = aerial_rgb[:64, :64]
-    m_best = best.predict_text(best.set_image(crop), "tree")
-    m_union = union.predict_text(union.set_image(crop), "tree")
-    assert not np.any(m_best & ~m_union)  # the best instance is part of the union
-    assert not strict.predict_text(strict.set_image(crop), "tree").any()
+    with forced(fresh_segmenter, text_score_threshold=0.999, presence_threshold=None):
+        state = fresh_segmenter.set_image(crop)
+        assert not fresh_segmenter.predict_text(state, "tree").any()
+    assert state.scores["text"] <= 0.999
+
+
+def test_pipeline_falls_back_to_route_a_when_sam3_says_absent(fresh_segmenter, tiny_matcher, aerial_rgb):
+    """Presence forced "absent": Route B is empty and invalid, and the fused mask is Route A's alone (Eq. 7)."""
+    from geoseg.pipeline import GeoSegPipeline
+    from geoseg.types import Box, GeoSegConfig, Grounding
+
+    pipe = GeoSegPipeline(GeoSegConfig(), matcher=tiny_matcher, segmenter=fresh_segmenter)
+    grounding = Grounding(boxes=(Box(60.0, 40.0, 260.0, 220.0),), phrase="tree")
+    with forced(fresh_segmenter, presence=-10.0):
+        res = pipe.segment(aerial_rgb, "the tree", grounding)
+    assert not res.mask_text.any() and not res.valid_text
+    assert res.valid_point and res.mask_point.any()  # the tiny model's point mask on this crop (meaningless)
+    assert res.route == "point"
+    assert np.array_equal(res.mask, res.mask_point)
+
+
+class _CallRecorder:
+    """Records the keyword arguments of every ``Sam3TrackerModel.forward`` call (a real forward pre-hook)."""
+
+    def __init__(self, model):
+        self.calls: list[dict] = []
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.calls.append({k: v for k, v in kwargs.items()})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _reference_point_mask(seg, crop, points, multimask):
+    """The tracker's own full forward (it encodes the crop itself) for one prompt holding ``points``."""
+    h, w = crop.shape[:2]
+    px = seg.processor.image_processor(images=crop, return_tensors="pt")["pixel_values"]
+    enc = seg.tracker_processor(
+        input_points=[[points]], input_labels=[[[1] * len(points)]], original_sizes=[[h, w]], return_tensors="pt"
+    )
+    with torch.inference_mode():
+        out = seg.tracker(
+            pixel_values=px,
+            input_points=enc["input_points"],
+            input_labels=enc["input_labels"],
+            multimask_output=multimask,
+        )
+    best = int(torch.argmax(out.iou_scores[0, 0]))
+    low = out.pred_masks[0, 0, best : best + 1]
+    logit_thr = float(np.log(seg.mask_threshold / (1 - seg.mask_threshold)))
+    return seg.tracker_processor.post_process_masks([low[None]], [[h, w]], mask_threshold=logit_thr)[0][0, 0].numpy()
+
+
+def test_one_point_uses_multimask_several_points_one_mask(tiny_segmenter, aerial_rgb):
+    seg = tiny_segmenter
+    crop = aerial_rgb[50:150, 30:170].copy()
+    one, several = [[40.0, 30.0]], [[40.0, 30.0], [100.0, 70.0], [10.0, 80.0]]
+    state = seg.set_image(crop)
+    with _CallRecorder(seg.tracker) as rec:
+        m_one = seg.predict_points(state, np.array(one))
+        calls_one = dict(state.calls["point"])
+        m_several = seg.predict_points(state, np.array(several))
+        calls_several = dict(state.calls["point"])
+    assert [c["multimask_output"] for c in rec.calls] == [True, False]
+    assert tuple(rec.calls[1]["input_points"].shape[:3]) == (1, 1, 3)  # one prompt holding the three points
+    assert calls_one == {"multimask_output": True, "prompts": 1, "masks_per_prompt": 3}
+    assert calls_several == {"multimask_output": False, "prompts": 1, "masks_per_prompt": 1}
+    assert np.array_equal(m_one, _reference_point_mask(seg, crop, one, True))
+    assert np.array_equal(m_several, _reference_point_mask(seg, crop, several, False))
+
+
+def test_per_point_union_mode(fresh_segmenter, aerial_rgb):
+    """The public GeoSeg code's mode: one single-point prompt per point (one decoder forward), masks unioned."""
+    seg = fresh_segmenter
+    crop = aerial_rgb[50:150, 30:170].copy()
+    pts = [[40.0, 30.0], [100.0, 70.0], [10.0, 80.0]]
+    with forced(seg, point_mode="per_point_union"):
+        state = seg.set_image(crop)
+        with _CallRecorder(seg.tracker) as rec:
+            mask = seg.predict_points(state, np.array(pts))
+    assert len(rec.calls) == 1 and rec.calls[0]["multimask_output"] is False
+    assert tuple(rec.calls[0]["input_points"].shape[:3]) == (1, 3, 1)  # three prompts of one point each
+    assert state.calls["point"] == {"multimask_output": False, "prompts": 3, "masks_per_prompt": 1}
+    union = np.zeros(crop.shape[:2], bool)
+    for p in pts:
+        union |= _reference_point_mask(seg, crop, [p], False)
+    assert np.array_equal(mask, union)
+
+
+def test_bad_segmenter_options(tiny_sam3_dir):
+    for options, match in [
+        ({"point_mode": "each"}, "point_mode"),
+        ({"text_instances": "all"}, "text_instances"),
+        ({"presence_threshold": 1.5}, "presence_threshold"),
+        ({"encode_batch_size": 0}, "encode_batch_size"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build_segmenter(_spec(tiny_sam3_dir, **options))
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 3), (3, 50, 3), (3, 3, 3)])
+def test_crops_one_or_three_pixels_tall(tiny_segmenter, shape):
+    """A crop 1 or 3 px tall is channels-last like any other (the processor is told so, not left to guess)."""
+    seg = tiny_segmenter
+    crop = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    state = seg.set_image(crop)
+    ip = seg.processor.image_processor
+    px = ip(images=crop, input_data_format="channels_last", return_tensors="pt")["pixel_values"]
+    guessed = ip(images=crop, return_tensors="pt")["pixel_values"]  # what the processor guesses unprompted
+    assert not torch.allclose(px, guessed)
+    with torch.inference_mode():
+        torch.testing.assert_close(state.hidden, seg.backbone(px).last_hidden_state)
+    assert seg.predict_points(state, np.array([[1.0, 0.0]])).shape == shape[:2]
+    assert seg.predict_text(state, "road").shape == shape[:2]
+
+
+def test_batched_encoding_and_text_prompts(fresh_segmenter, aerial_rgb):
+    """``set_images`` encodes ``encode_batch_size`` crops per backbone forward and ``predict_text_many`` runs one
+    detector forward for several crops; both give what the one-crop calls give."""
+    seg = fresh_segmenter
+    crops = [aerial_rgb[:64, :96], aerial_rgb[100:190, 50:120], aerial_rgb[200:260, 300:399]]
+    phrases = ["tree", "road", "red car"]
+    singles = [seg.set_image(c) for c in crops]
+    single_masks = [seg.predict_text(s, p) for s, p in zip(singles, phrases, strict=True)]
+    with forced(seg, encode_batch_size=2):
+        before = seg.encoder_calls
+        states = seg.set_images(crops)
+        assert seg.encoder_calls == before + 2  # 3 crops in batches of 2
+    for s1, s2 in zip(singles, states, strict=True):
+        torch.testing.assert_close(s1.hidden, s2.hidden, rtol=1e-4, atol=1e-5)
+    with _CallRecorder(seg.detector) as rec:
+        many = seg.predict_text_many(states, phrases)
+    assert len(rec.calls) == 1
+    for m1, m2, c in zip(single_masks, many, crops, strict=True):
+        assert m2.shape == c.shape[:2]
+        assert np.mean(m1 != m2) < 0.01  # batched float kernels may flip a few boundary pixels
+    with pytest.raises(ValueError, match="one phrase per state"):
+        seg.predict_text_many(states, phrases[:2])
 
 
 def test_mask_is_at_crop_resolution_for_odd_sizes(tiny_segmenter):
