@@ -14,11 +14,16 @@ at inference time, without training:
   products f ⊙ t are summed over channels after removing the redundant part r: ``"empty"`` mode uses r = f ⊙ t_∅,
   t_∅ being the (prompt-ensembled) empty-prompt text feature; ``"class_mean"`` uses r = mean_k f ⊙ t_k over the phrase
   and a set of background classes. (Both are the CLIP Surgery forms; the class mean is uniform here.)
-* **Prompt ensemble** — the phrase's text feature is the renormalised mean over templates such as
-  "a satellite photo of a {}.".
+* **Prompt ensemble** — the phrase's text feature is the renormalised mean over templates (the empty-prompt feature
+  too). ``templates`` is a list or a named set (``TEMPLATE_SETS``): ``"remote_sensing"`` (``DEFAULT_TEMPLATES``,
+  "a satellite photo of a {}." ...), ``"imagenet"`` (the 85 templates both references ensemble over; the paper
+  profile's choice, as the authors' code ran it) or ``"imagenet+remote_sensing"``.
 
-The patch map is min-max normalised to [0, 1] and bilinearly upsampled to the crop size. The crop is resized to the
-model's input size without cropping or padding, so map pixels line up with crop pixels.
+The crop is resized to ``input_size`` (default: the model's trained size, 224 for ViT-B/16; the paper profile uses
+512, ``PAPER_INPUT_SIZE``, as both references do) without cropping or padding, so map pixels line up with crop pixels;
+at a size other than the trained one the patch positional embedding is bilinearly interpolated to the new grid
+(32 x 32 at 512 px for ViT-B/16, against 14 x 14 at 224). The patch map is min-max normalised to [0, 1] and bilinearly
+upsampled to the crop size.
 """
 
 from __future__ import annotations
@@ -39,6 +44,45 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
     "a high resolution satellite image of the {}.",
 )
+
+#: The 85 templates both references ensemble over: CLIP Surgery's ``encode_text_with_prompt_ensemble`` default
+#: (xmed-lab/CLIP_Surgery ``clip/clip.py``; the public GeoSeg code calls the same function): OpenAI CLIP's 80 ImageNet
+#: prompt templates followed by five scene templates.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
+    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
+    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
+    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
+    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
+    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
+    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
+    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
+    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
+    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
+    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
+    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
+    "a photo of a small {}.", "a tattoo of the {}.", "there is a {} in the scene.", "there is the {} in the scene.",
+    "this is a {} in the scene.", "this is the {} in the scene.", "this is one {} in the scene.",
+)  # fmt: skip
+
+#: Named template sets for the ``templates`` option (a list of strings works too).
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "remote_sensing": DEFAULT_TEMPLATES,
+    "imagenet": IMAGENET_TEMPLATES,
+    "imagenet+remote_sensing": IMAGENET_TEMPLATES + tuple(t for t in DEFAULT_TEMPLATES if t not in IMAGENET_TEMPLATES),
+}
+
+#: Input side of the paper profile: both references resize the crop to 512 x 512 (a 32 x 32 patch map for ViT-B/16)
+#: and interpolate the positional embedding bilinearly (CLIP Surgery ``clip/clip_surgery_model.py``; GeoSeg
+#: ``CLIP_Surgery/process_annotations_clip_surverg.py``).
+PAPER_INPUT_SIZE = 512
 
 #: Background classes for the ``class_mean`` redundancy mode (typical remote-sensing scene content).
 DEFAULT_BACKGROUND_CLASSES: tuple[str, ...] = (
@@ -74,7 +118,8 @@ class ClipSurgeryMatcher:
         model: Any,
         tokenizer: Any,
         *,
-        templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+        templates: tuple[str, ...] | str = DEFAULT_TEMPLATES,
+        input_size: int | tuple[int, int] | None = None,
         surgery_blocks: int = 6,
         redundancy: str = "empty",
         background_classes: tuple[str, ...] = DEFAULT_BACKGROUND_CLASSES,
@@ -112,8 +157,12 @@ class ClipSurgeryMatcher:
             raise ValueError(f"surgery_blocks must be an integer in [1, {n}] for this model, got {surgery_blocks!r}")
         if redundancy not in ("empty", "class_mean"):
             raise ValueError(f"redundancy must be 'empty' or 'class_mean', got {redundancy!r}")
+        if isinstance(templates, str):
+            if templates not in TEMPLATE_SETS:
+                raise ValueError(f"templates must be a list or one of {sorted(TEMPLATE_SETS)}, got {templates!r}")
+            templates = TEMPLATE_SETS[templates]
         templates = tuple(templates)
-        if not templates or any("{}" not in t for t in templates):
+        if not templates or any(not isinstance(t, str) or "{}" not in t for t in templates):
             raise ValueError("templates must be a non-empty list of strings each containing '{}'")
         self.templates = templates
         self.surgery_blocks = surgery_blocks
@@ -125,7 +174,11 @@ class ClipSurgeryMatcher:
         self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), dtype=torch.float32)
         self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), dtype=torch.float32)
         size = v.image_size
-        self.input_size = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        self.native_size = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        patch = v.conv1.stride
+        self.patch_size = (int(patch[0]), int(patch[1]))
+        self.input_size = self.native_size if input_size is None else _check_input_size(input_size, self.patch_size)
+        self._pos_cache: dict[tuple[int, int], Any] = {}
         self.dtype = v.conv1.weight.dtype
         self._text_cache: OrderedDict[str, Any] = OrderedDict()
 
@@ -143,12 +196,14 @@ class ClipSurgeryMatcher:
         pretrained = opts.pop("pretrained", None)
         device = _resolve_device(opts.pop("device", "auto"))
         opts.pop("require_gpu", None)
-        known = {"templates", "surgery_blocks", "redundancy", "background_classes"}
+        known = {"templates", "input_size", "surgery_blocks", "redundancy", "background_classes"}
         unknown = set(opts) - known
         if unknown:
             raise ValueError(f"unknown open_clip matcher options {sorted(unknown)}; known: {sorted(known)}")
-        if "templates" in opts:
+        if "templates" in opts and not isinstance(opts["templates"], str):
             opts["templates"] = tuple(opts["templates"])
+        if isinstance(opts.get("input_size"), list):
+            opts["input_size"] = tuple(opts["input_size"])
         if "background_classes" in opts:
             opts["background_classes"] = tuple(opts["background_classes"])
         try:
@@ -216,6 +271,25 @@ class ClipSurgeryMatcher:
 
         return merge(ori), merge(vv)
 
+    def positional_embedding(self, grid: tuple[int, int]):
+        """The tower's positional embedding for a ``grid`` of patches: the class position unchanged, the patch
+        positions bilinearly interpolated from the trained grid (as CLIP Surgery does for 512 px; the model's
+        parameter itself is left untouched). Cached per grid."""
+        import torch
+        from torch.nn import functional as F  # noqa: N812
+
+        pos = self.model.visual.positional_embedding
+        gh0, gw0 = self.native_size[0] // self.patch_size[0], self.native_size[1] // self.patch_size[1]
+        if tuple(grid) == (gh0, gw0):
+            return pos
+        if grid not in self._pos_cache:
+            with torch.inference_mode():
+                patches = pos[1:].reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2).float()
+                up = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
+                up = up.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+                self._pos_cache[grid] = torch.cat([pos[:1], up], dim=0)
+        return self._pos_cache[grid]
+
     def encode_image(self, pixel_values):
         """Dual-path forward: (patch features (1, N, D) from the v-v path, image embedding (1, D), grid (gh, gw))."""
         import torch
@@ -226,7 +300,7 @@ class ClipSurgeryMatcher:
             gh, gw = x.shape[-2:]
             x = x.flatten(2).transpose(1, 2)
             cls_tok = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
-            x = torch.cat([cls_tok, x], dim=1) + v.positional_embedding.to(x.dtype)
+            x = torch.cat([cls_tok, x], dim=1) + self.positional_embedding((int(gh), int(gw))).to(x.dtype)
             x = v.ln_pre(x)
             blocks = list(v.transformer.resblocks)
             start = len(blocks) - self.surgery_blocks
@@ -259,7 +333,11 @@ class ClipSurgeryMatcher:
         return (f * t[None, :] - redundant).sum(dim=-1)
 
     def similarity_map(self, crop: np.ndarray, phrase: str) -> np.ndarray:
-        """(h, w) float32 map in [0, 1] of ``phrase`` over ``crop`` (all zeros when the map is flat)."""
+        """(h, w) float32 map in [0, 1] of ``phrase`` over ``crop`` (all zeros when the map is flat).
+
+        When the model's scores are not finite (NaN/inf, e.g. an overflow in float16) the map is all NaN instead of
+        an exception: the pipeline then marks Route A invalid with that reason and Route B decides (design §2).
+        """
         import torch
         from torch.nn import functional as F  # noqa: N812
 
@@ -270,11 +348,22 @@ class ClipSurgeryMatcher:
         patches, _image, (gh, gw) = self.encode_image(self.preprocess(a))
         with torch.inference_mode():
             scores = self.feature_surgery(patches, phrase.strip()).reshape(gh, gw)
+            if not bool(torch.isfinite(scores).all()):
+                return np.full((h, w), np.nan, dtype=np.float32)
             norm = normalise_map(scores.cpu().numpy())
             if norm is None:
                 return np.zeros((h, w), dtype=np.float32)
             up = F.interpolate(torch.from_numpy(norm)[None, None], size=(h, w), mode="bilinear", align_corners=False)
         return np.clip(up[0, 0].numpy(), 0.0, 1.0).astype(np.float32)
+
+
+def _check_input_size(size: Any, patch: tuple[int, int]) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
+    if len(hw) != 2 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in hw):
+        raise ValueError(f"input_size must be a positive integer or (height, width), got {size!r}")
+    if hw[0] % patch[0] or hw[1] % patch[1]:
+        raise ValueError(f"input_size {hw} must be a multiple of the patch size {patch}")
+    return (int(hw[0]), int(hw[1]))
 
 
 def build_matcher(spec: BackendSpec) -> ClipSurgeryMatcher:

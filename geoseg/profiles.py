@@ -6,9 +6,10 @@
   (A100/H100 80G) holds it with room for the activations of one image; for throughput, serve it with vLLM and use an
   ``openai`` grounder spec instead (a profile file can override just the grounder, see below).
 * matcher: open_clip ``ViT-B-16-quickgelu`` (ViT-B/16 with the activation OpenAI trained it with) and
-  ``pretrained="openai"`` (≈ 0.6 GB).
+  ``pretrained="openai"`` (≈ 0.6 GB), CLIP Surgery at 512 px with the 85 ImageNet templates (as the references).
 * segmenter: ``facebook/sam3`` through transformers (≈ 3.4 GB; gated on the hub: accept the licence, then
-  ``hf download facebook/sam3``).
+  ``hf download facebook/sam3``); Route B = presence-gated union of instances scoring above 0.3, Route A = one prompt
+  with all keypoints (``PAPER_SEGMENTER_OPTIONS``; sources in ``geoseg.segment.sam3_transformers``).
 
 Every spec carries ``require_gpu``: building the pipeline without a visible CUDA GPU fails with a clear error; missing
 weights fail with the loader's error naming the model. Download the weights first (``hf download
@@ -44,6 +45,9 @@ PAPER_GROUNDER = "Qwen/Qwen3-VL-32B-Instruct"
 #: with the "openai" tag would warn of the mismatch and run the wrong activation).
 PAPER_MATCHER = "ViT-B-16-quickgelu"
 PAPER_SEGMENTER = "facebook/sam3"
+#: CLIP Surgery as both references run it: 512 x 512 input (positional embedding interpolated), the 85 ImageNet
+#: templates (geoseg.clip_surgery).
+PAPER_MATCHER_OPTIONS = {"pretrained": "openai", "input_size": 512, "templates": "imagenet"}
 #: Route B = union of SAM3 instances scoring above 0.3, empty when the presence head says "absent"; Route A = one
 #: prompt with all keypoints (multimask only for a single point). Sources and reasons: geoseg.segment.sam3_transformers.
 PAPER_SEGMENTER_OPTIONS = {
@@ -60,7 +64,7 @@ def paper_config() -> GeoSegConfig:
     return GeoSegConfig(
         profile="paper",
         grounder=BackendSpec("transformers", PAPER_GROUNDER, {"convention": "norm1000", "require_gpu": True}),
-        matcher=BackendSpec("open_clip", PAPER_MATCHER, {"pretrained": "openai", "require_gpu": True}),
+        matcher=BackendSpec("open_clip", PAPER_MATCHER, {**PAPER_MATCHER_OPTIONS, "require_gpu": True}),
         segmenter=BackendSpec("sam3-transformers", PAPER_SEGMENTER, {**PAPER_SEGMENTER_OPTIONS, "require_gpu": True}),
     )
 

@@ -13,7 +13,9 @@ and use a segmenter spec ``{"kind": "sam3-official", "model": "/path/sam3.pt", "
 
 The same protocol holds: ``set_image`` encodes once (the package's own ``Sam3Processor.set_image`` state), the text
 prompt goes through ``set_text_prompt`` and point prompts through the instance-interactivity head (``predict_inst``),
-both on that one state. This backend cannot run here (no GPU, package absent); it is written against the package's
+both on that one state. Route B is the union of the instances the package keeps (its threshold set to
+``text_score_threshold``, default 0.3 as the transformers backend); there is no separate presence gate here. This
+backend cannot run here (no GPU, package absent); it is written against the package's
 documented API and is untested in this repository's CI.
 """
 
@@ -56,7 +58,7 @@ class Sam3OfficialSegmenter:
         if opts.get("bpe_path"):
             kwargs["bpe_path"] = opts["bpe_path"]
         model = build_sam3_image_model(**kwargs)
-        return cls(model, Sam3Processor(model))
+        return cls(model, Sam3Processor(model, confidence_threshold=float(opts.get("text_score_threshold", 0.3))))
 
     def set_image(self, crop: np.ndarray) -> Any:
         from PIL import Image
@@ -71,8 +73,12 @@ class Sam3OfficialSegmenter:
         pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
         if len(pts) == 0:
             raise ValueError("predict_points needs at least one point")
+        # multimask only for a single click (Meta: several prompts are not ambiguous), as the transformers backend
         masks, scores, _ = self.model.predict_inst(
-            state["state"], point_coords=pts, point_labels=np.ones(len(pts), dtype=np.int32), multimask_output=True
+            state["state"],
+            point_coords=pts,
+            point_labels=np.ones(len(pts), dtype=np.int32),
+            multimask_output=len(pts) == 1,
         )
         masks, scores = np.asarray(masks), np.asarray(scores)
         return masks[int(np.argmax(scores))].astype(bool)
@@ -85,5 +91,6 @@ class Sam3OfficialSegmenter:
         masks, scores = out["masks"], out["scores"]
         if len(scores) == 0:
             return np.zeros((h, w), dtype=bool)
-        best = int(scores.argmax())
-        return masks[best].squeeze().detach().cpu().numpy().astype(bool)
+        # the package already keeps only instances whose presence-weighted score passes its confidence threshold
+        # (set to the paper profile's 0.3 in from_spec): Route B is their union, empty when none passes
+        return masks.reshape(len(scores), *masks.shape[-2:]).any(dim=0).detach().cpu().numpy().astype(bool)

@@ -150,3 +150,71 @@ def test_checkpoint_file_as_pretrained(tiny_clip_dir, tiny_matcher, aerial_rgb, 
     )
     crop = aerial_rgb[:50, :60]
     assert np.array_equal(m.similarity_map(crop, "tree"), tiny_matcher.similarity_map(crop, "tree"))
+
+
+def test_input_size_interpolates_the_positional_embedding(tiny_matcher, aerial_rgb):
+    """At twice the trained side the patch grid doubles; the class position is kept and the patch positions are the
+    trained grid bilinearly resized (the model's own parameter is not modified)."""
+    from torch.nn import functional as F  # noqa: N812
+
+    native = tiny_matcher.native_size
+    big = ClipSurgeryMatcher(tiny_matcher.model, tiny_matcher.tokenizer, surgery_blocks=2, input_size=2 * native[0])
+    v = tiny_matcher.model.visual
+    before = v.positional_embedding.detach().clone()
+    crop = aerial_rgb[30:150, 40:130]
+    patches, _image, grid = big.encode_image(big.preprocess(crop))
+    g0 = native[0] // big.patch_size[0]
+    assert grid == (2 * g0, 2 * g0) and patches.shape[1] == 4 * g0 * g0
+    pos = big.positional_embedding(grid)
+    torch.testing.assert_close(pos[0], before[0])
+    trained = before[1:].reshape(1, g0, g0, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(trained, size=grid, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(pos[1:], expected.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1))
+    assert torch.equal(v.positional_embedding, before)
+    assert big.positional_embedding(grid) is pos  # cached per grid
+    assert big.positional_embedding((g0, g0)) is v.positional_embedding  # the trained grid: the parameter itself
+    phi = big.similarity_map(crop, "tree")
+    assert phi.shape == crop.shape[:2] and phi.min() >= 0.0 and phi.max() <= 1.0
+
+
+def test_paper_profile_runs_clip_surgery_as_the_references():
+    from geoseg.clip_surgery import IMAGENET_TEMPLATES, PAPER_INPUT_SIZE, TEMPLATE_SETS
+    from geoseg.profiles import load_profile
+
+    opts = load_profile("paper").matcher.options
+    assert opts["input_size"] == PAPER_INPUT_SIZE == 512 and opts["templates"] == "imagenet"
+    assert len(IMAGENET_TEMPLATES) == len(set(IMAGENET_TEMPLATES)) == 85
+    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
+    assert TEMPLATE_SETS["remote_sensing"] == DEFAULT_TEMPLATES
+
+
+def test_named_template_sets(tiny_matcher):
+    from geoseg.clip_surgery import IMAGENET_TEMPLATES
+
+    m = ClipSurgeryMatcher(tiny_matcher.model, tiny_matcher.tokenizer, surgery_blocks=2, templates="imagenet")
+    assert m.templates == IMAGENET_TEMPLATES
+    assert not torch.allclose(m.text_feature("roof"), tiny_matcher.text_feature("roof"))
+    with pytest.raises(ValueError, match="templates must be a list or one of"):
+        ClipSurgeryMatcher(tiny_matcher.model, tiny_matcher.tokenizer, surgery_blocks=2, templates="coco")
+
+
+@pytest.mark.parametrize("size, match", [(30, "multiple of the patch size"), ((64,), "input_size"), (0, "input_size")])
+def test_bad_input_size(tiny_matcher, size, match):
+    with pytest.raises(ValueError, match=match):
+        ClipSurgeryMatcher(tiny_matcher.model, tiny_matcher.tokenizer, surgery_blocks=2, input_size=size)
+
+
+def test_non_finite_scores_give_a_nan_map_not_an_error(tiny_matcher, aerial_rgb):
+    """A model producing NaN (e.g. an fp16 overflow) yields an all-NaN map; the pipeline turns it into an invalid
+    Route A with a reason (tests/geoseg/test_pipeline.py)."""
+    m = ClipSurgeryMatcher(tiny_matcher.model, tiny_matcher.tokenizer, surgery_blocks=2)
+    proj = m.model.visual.proj
+    saved = proj.detach().clone()
+    try:
+        with torch.no_grad():
+            proj[0, 0] = float("nan")
+        phi = m.similarity_map(aerial_rgb[:40, :50], "tree")
+    finally:
+        with torch.no_grad():
+            proj.copy_(saved)
+    assert phi.shape == (40, 50) and np.isnan(phi).all()
