@@ -7,8 +7,11 @@ the RoI); the integer RoI ``roi_from_box``; the crop ``image[Y1:Y2, X1:X2]``; **
 (``segmenter.set_image``) shared by both routes.
 
 Stage 3 — Route A (``config.route_a``): CLIP Surgery similarity map of the phrase over the crop → Top-K NMS keypoints
-(Eq. 3: k, τ, radius) → SAM3 point prompt. Route B (``config.route_b``): SAM3 text prompt with the phrase (the query
-when the grounder gave no phrase). Both masks are pasted back to full resolution, checked for validity (Eq. 6; Route A
+(Eq. 3: k, τ, radius) → SAM3 point prompt; ``config.route_a_points`` may use the grounder's Think2Seg-RS
+positive points beside (``"both"``) or instead of (``"grounder"``; CLIP keypoints for a box without points) the CLIP
+keypoints; a NaN/inf similarity map leaves Route A without keypoints (invalid, with the reason in ``note``). Route B
+(``config.route_b``): SAM3 text prompt with the box's phrase (its own when the grounder labelled each box, else the
+grounding's phrase, else the query). Both masks are pasted back to full resolution, checked for validity (Eq. 6; Route A
 also needs at least one keypoint) and fused (Eq. 7).
 
 Several boxes (the Think2Seg-RS form: a list of targets) are segmented independently and the final mask is the union
@@ -198,7 +201,6 @@ class GeoSegPipeline:
             reason = grounding.error or "no target: the grounder returned no box"
             return finish(mask=empty, route="empty", reason=reason, note=note)
 
-        phrase = grounding.phrase.strip() or query
         fused_all = empty.copy()
         m_pt_all = empty.copy() if cfg.route_a else None
         m_txt_all = empty.copy() if cfg.route_b else None
@@ -206,6 +208,7 @@ class GeoSegPipeline:
         keypoints: list[np.ndarray] = []
         routes: list[str] = []
         reasons: list[str] = []
+        warnings: list[str] = []
         first: dict[str, Any] = {}
         for i, box in enumerate(grounding.boxes):
             t = time.perf_counter()
@@ -227,10 +230,21 @@ class GeoSegPipeline:
 
             m_pt = m_txt = None
             v_pt = v_txt = False
+            box_phrase = grounding.phrase_of(i).strip() or query
             if cfg.route_a:
-                phi = self.matcher.similarity_map(crop, phrase)
-                t = clock.add("similarity", t)
-                kps = topk_nms_keypoints(phi, k=cfg.k, tau=cfg.tau, radius=cfg.nms_radius)
+                given = grounder_points(grounding, i, roi)  # Think2Seg-RS positive points, crop pixels
+                kps = np.zeros((0, 2))
+                why = f"box {i}: route A found no keypoint with similarity >= tau={cfg.tau}"
+                if cfg.route_a_points != "grounder" or not len(given):
+                    phi = self.matcher.similarity_map(crop, box_phrase)
+                    t = clock.add("similarity", t)
+                    if np.isfinite(phi).all():
+                        kps = topk_nms_keypoints(phi, k=cfg.k, tau=cfg.tau, radius=cfg.nms_radius)
+                    else:  # design §2: a NaN/inf map gives no keypoint; say why instead of raising
+                        why = f"box {i}: route A invalid: the similarity map has NaN/inf values"
+                        warnings.append(why)
+                if cfg.route_a_points != "clip" and len(given):
+                    kps = given if cfg.route_a_points == "grounder" else np.concatenate([given, kps])
                 t = clock.add("keypoints", t)
                 if len(kps):
                     m_pt = paste_back(self.segmenter.predict_points(state, kps), roi, W, H)
@@ -238,10 +252,10 @@ class GeoSegPipeline:
                     keypoints.append(kps + np.array([X1, Y1], dtype=np.float64))
                 else:
                     m_pt = np.zeros((H, W), dtype=bool)
-                    reasons.append(f"box {i}: route A found no keypoint with similarity >= tau={cfg.tau}")
+                    reasons.append(why)
                 t = clock.add("route_a", t)
             if cfg.route_b:
-                m_txt = paste_back(self.segmenter.predict_text(state, phrase), roi, W, H)
+                m_txt = paste_back(self.segmenter.predict_text(state, box_phrase), roi, W, H)
                 v_txt = validity(m_txt, roi, cfg.gamma)
                 t = clock.add("route_b", t)
             fused, route = fuse_masks(m_pt, m_txt, v_pt, v_txt)
@@ -258,7 +272,7 @@ class GeoSegPipeline:
             clock.add("fusion", t)
 
         route = next((r for r in routes if r != "empty"), "empty")
-        notes = [note] if note else []
+        notes = ([note] if note else []) + warnings
         if len(grounding.boxes) > 1:
             notes.append(f"{len(grounding.boxes)} boxes, mask = union of per-box masks; routes: {', '.join(routes)}")
         return finish(
@@ -348,6 +362,17 @@ class GeoSegPipeline:
         for idx, item in enumerate(chunk):
             key = item[0] if isinstance(item, tuple) and item else None
             yield key, results[idx]
+
+
+def grounder_points(grounding: Grounding, i: int, roi: tuple[int, int, int, int]) -> np.ndarray:
+    """The grounder's positive points for box ``i`` (full-image pixels) in crop pixels, those outside the crop
+    dropped: (n, 2) float array of (x, y), possibly empty."""
+    if i >= len(grounding.points) or not grounding.points[i]:
+        return np.zeros((0, 2))
+    X1, Y1, X2, Y2 = roi
+    pts = np.asarray(grounding.points[i], dtype=np.float64).reshape(-1, 2) - np.array([X1, Y1], dtype=np.float64)
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] < X2 - X1) & (pts[:, 1] >= 0) & (pts[:, 1] < Y2 - Y1)
+    return pts[inside]
 
 
 def ablation_pipelines(pipeline: GeoSegPipeline) -> dict[str, GeoSegPipeline]:

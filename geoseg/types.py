@@ -21,6 +21,10 @@ import numpy as np
 Route = Literal["intersection", "point", "text", "empty"]
 ROUTES: tuple[str, ...] = ("intersection", "point", "text", "empty")
 
+#: Where Route A's point prompts come from: CLIP Surgery keypoints (paper), the grounder's positive points
+#: (Think2Seg-RS; CLIP keypoints for a box without any), or both.
+ROUTE_A_POINTS: tuple[str, ...] = ("clip", "grounder", "both")
+
 #: The paper's Table 3 rows, as (name, switches) pairs.
 ABLATIONS: dict[str, dict[str, bool]] = {
     "full": {"refine": True, "route_a": True, "route_b": True},
@@ -90,6 +94,8 @@ class Grounding:
 
     ``boxes`` may hold several boxes (Think2Seg-RS form); an empty tuple means "no target" or "nothing parseable",
     and then ``error`` says which. ``points[i]`` are the positive points proposed for ``boxes[i]`` (may be empty).
+    ``phrases[i]`` is the phrase the grounder gave ``boxes[i]`` (Think2Seg-RS lists label each box; empty when it
+    gave none, or ``phrases`` empty altogether); ``phrase`` is the first non-empty one.
     ``raw_text`` is always the model's text as received, kept for audit.
     """
 
@@ -98,9 +104,14 @@ class Grounding:
     points: tuple[tuple[tuple[float, float], ...], ...] = ()
     raw_text: str = ""
     error: str | None = None
+    phrases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "boxes", tuple(self.boxes))
+        phrases = tuple(str(p) for p in self.phrases)
+        if phrases and len(phrases) != len(self.boxes):
+            raise ValueError(f"phrases must be given per box: {len(phrases)} phrases for {len(self.boxes)} boxes")
+        object.__setattr__(self, "phrases", phrases)
         pts = tuple(tuple((_finite("point.x", p[0]), _finite("point.y", p[1])) for p in ps) for ps in self.points)
         if pts and len(pts) != len(self.boxes):
             raise ValueError(f"points must be given per box: {len(pts)} point lists for {len(self.boxes)} boxes")
@@ -113,6 +124,11 @@ class Grounding:
     def box(self) -> Box | None:
         """The first (most confident) box, the one GeoSeg's single-box form uses."""
         return self.boxes[0] if self.boxes else None
+
+    def phrase_of(self, i: int) -> str:
+        """The phrase for box ``i``: its own when the grounder gave one, else ``phrase``."""
+        own = self.phrases[i].strip() if i < len(self.phrases) else ""
+        return own or self.phrase
 
     @property
     def no_target(self) -> bool:
@@ -158,6 +174,7 @@ class GeoSegConfig:
     refine: bool = True
     route_a: bool = True
     route_b: bool = True
+    route_a_points: str = "clip"
     profile: str = "tiny"
     grounder: BackendSpec = field(default_factory=lambda: BackendSpec("tiny"))
     matcher: BackendSpec = field(default_factory=lambda: BackendSpec("tiny"))
@@ -175,6 +192,8 @@ class GeoSegConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
         if self.nms_radius is not None and _finite("nms_radius", self.nms_radius) <= 0:
             raise ValueError(f"nms_radius must be > 0 when given, got {self.nms_radius}")
+        if self.route_a_points not in ROUTE_A_POINTS:
+            raise ValueError(f"route_a_points must be one of {list(ROUTE_A_POINTS)}, got {self.route_a_points!r}")
         if not (self.route_a or self.route_b):
             raise ValueError("at least one of route_a / route_b must be enabled")
         for name in ("grounder", "matcher", "segmenter"):

@@ -434,6 +434,7 @@ def _build(shape: _Shape, raw_text: str, image_size: tuple[int, int], convention
         points=tuple(points) if any_points else (),
         raw_text=raw_text,
         error=error,
+        phrases=tuple(labels) if any(labels) else (),
     )
 
 
@@ -504,7 +505,9 @@ def rescale_grounding(g: Grounding, from_size: tuple[int, int], to_size: tuple[i
         Box(min(b.x1 * sx, tw), min(b.y1 * sy, th), min(b.x2 * sx, tw), min(b.y2 * sy, th)) for b in g.boxes
     )
     points = tuple(tuple((min(x * sx, tw - 1e-6), min(y * sy, th - 1e-6)) for x, y in ps) for ps in g.points)
-    return Grounding(boxes=boxes, phrase=g.phrase, points=points, raw_text=g.raw_text, error=g.error)
+    return Grounding(
+        boxes=boxes, phrase=g.phrase, points=points, raw_text=g.raw_text, error=g.error, phrases=g.phrases
+    )
 
 
 def note_truncation(g: Grounding, limit_name: str, limit: int) -> Grounding:
@@ -513,4 +516,6 @@ def note_truncation(g: Grounding, limit_name: str, limit: int) -> Grounding:
     if g.boxes or g.error is None:
         return g
     error = f"{g.error} (the answer was cut off at {limit_name}={limit}; raise {limit_name})"
-    return Grounding(boxes=g.boxes, phrase=g.phrase, points=g.points, raw_text=g.raw_text, error=error)
+    return Grounding(
+        boxes=g.boxes, phrase=g.phrase, points=g.points, raw_text=g.raw_text, error=error, phrases=g.phrases
+    )

@@ -367,7 +367,7 @@ def test_profile_files(tmp_path):
     assert cfg.profile == "vllm" and cfg.k == 3
     assert cfg.grounder.kind == "openai" and cfg.grounder.model == ""  # a new backend starts clean
     assert cfg.grounder.options == {"base_url": "http://gpu:8000/v1", "concurrency": 8}
-    assert cfg.segmenter.options == {"require_gpu": True, "dtype": "bfloat16"}  # options merged
+    assert cfg.segmenter.options == {**load_profile("paper").segmenter.options, "dtype": "bfloat16"}  # merged
     js = tmp_path / "mine.json"
     js.write_text(json.dumps({"extends": "tiny", "refine": False, "tau": 0.5}))
     cfg = load_profile(js)

@@ -475,3 +475,106 @@ def test_tiny_sam3_sizes_are_checked(tmp_path):
     with pytest.raises(ValueError, match="bad tiny SAM3 size"):
         build_tiny_sam3(tmp_path, vit_layers=0)
     assert not any(tmp_path.iterdir())  # nothing half-built left behind
+
+
+# ------------------------------------------------------------------------------------- pipeline side (real models)
+
+
+def _pipeline(matcher, segmenter, **cfg):
+    from geoseg.pipeline import GeoSegPipeline
+    from geoseg.types import GeoSegConfig
+
+    return GeoSegPipeline(GeoSegConfig(**cfg), matcher=matcher, segmenter=segmenter)
+
+
+def test_nan_similarity_map_makes_route_a_invalid_with_a_reason(tiny_matcher, fresh_segmenter, aerial_rgb):
+    from geoseg.clip_surgery import ClipSurgeryMatcher
+    from geoseg.types import Box, Grounding
+
+    m = ClipSurgeryMatcher(tiny_matcher.model, tiny_matcher.tokenizer, surgery_blocks=2)
+    proj = m.model.visual.proj
+    saved = proj.detach().clone()
+    grounding = Grounding(boxes=(Box(60.0, 40.0, 260.0, 220.0),), phrase="tree")
+    try:
+        with torch.no_grad():
+            proj[0, 0] = float("nan")
+        res = _pipeline(m, fresh_segmenter).segment(aerial_rgb, "the tree", grounding)
+        with forced(fresh_segmenter, presence=-10.0):  # Route B empty too: the reason names the NaN map
+            empty = _pipeline(m, fresh_segmenter).segment(aerial_rgb, "the tree", grounding)
+    finally:
+        with torch.no_grad():
+            proj.copy_(saved)
+    assert not res.valid_point and not res.mask_point.any() and len(res.keypoints) == 0
+    assert "NaN/inf" in res.note
+    assert res.route in ("text", "empty")
+    assert empty.route == "empty" and "NaN/inf" in empty.reason
+
+
+@pytest.mark.parametrize("mode", ["clip", "grounder", "both"])
+def test_grounder_positive_points_as_route_a_prompts(tiny_matcher, fresh_segmenter, aerial_rgb, mode):
+    """Think2Seg-RS positive points: ignored (paper), used instead of, or beside the CLIP keypoints; a point outside
+    the RoI is dropped. The tracker receives exactly those prompts."""
+    from geoseg.types import Box, Grounding
+
+    given = ((100.0, 90.0), (150.0, 120.0), (5.0, 5.0))  # the last lies outside the refined RoI
+    grounding = Grounding(boxes=(Box(60.0, 40.0, 260.0, 220.0),), phrase="tree", points=(given,))
+    clip_only = _pipeline(tiny_matcher, fresh_segmenter).segment(aerial_rgb, "tree", grounding)
+    with _CallRecorder(fresh_segmenter.tracker) as rec:
+        res = _pipeline(tiny_matcher, fresh_segmenter, route_a_points=mode).segment(aerial_rgb, "tree", grounding)
+    inside = np.array(given[:2])
+    expected = {
+        "clip": clip_only.keypoints,
+        "grounder": inside,
+        "both": np.concatenate([inside, clip_only.keypoints]),
+    }[mode]
+    np.testing.assert_allclose(res.keypoints, expected)
+    assert len(rec.calls) == 1
+    X1, Y1 = res.roi[:2]
+    sent = fresh_segmenter.tracker_processor(
+        input_points=[[(expected - [X1, Y1]).tolist()]],
+        input_labels=[[[1] * len(expected)]],
+        original_sizes=[[res.roi[3] - Y1, res.roi[2] - X1]],
+        return_tensors="pt",
+    )["input_points"]
+    torch.testing.assert_close(rec.calls[0]["input_points"], sent)
+
+
+def test_bad_route_a_points_option():
+    from geoseg.types import GeoSegConfig
+
+    with pytest.raises(ValueError, match="route_a_points"):
+        GeoSegConfig(route_a_points="vlm")
+
+
+def test_each_box_gets_its_own_phrase(tiny_matcher, fresh_segmenter, aerial_rgb):
+    """A grounder that labels each box (Think2Seg-RS) -> each box's text prompt and CLIP map use its own phrase."""
+    from geoseg.types import Box, Grounding
+
+    grounding = Grounding(
+        boxes=(Box(10.0, 10.0, 120.0, 120.0), Box(200.0, 200.0, 390.0, 390.0)),
+        phrase="tree",
+        phrases=("tree", "red car"),
+    )
+    with _CallRecorder(fresh_segmenter.detector) as rec:
+        _pipeline(tiny_matcher, fresh_segmenter).segment(aerial_rgb, "things", grounding)
+    sent = [c["input_ids"] for c in rec.calls]
+    wanted = [fresh_segmenter.processor(text=p, return_tensors="pt")["input_ids"] for p in ("tree", "red car")]
+    assert len(sent) == 2
+    for a, b in zip(sent, wanted, strict=True):
+        assert torch.equal(a, b)
+    assert Grounding(boxes=grounding.boxes, phrase="x").phrase_of(1) == "x"
+    with pytest.raises(ValueError, match="phrases must be given per box"):
+        Grounding(boxes=grounding.boxes, phrases=("a",))
+
+
+def test_parser_keeps_one_phrase_per_box():
+    from geoseg.grounding.parse import parse_grounding, rescale_grounding
+
+    text = (
+        '[{"bbox_2d": [10, 10, 50, 50], "positive_points": [[20, 20]], "label": "tree"},'
+        ' {"bbox_2d": [60, 60, 90, 90], "label": "red car"}]'
+    )
+    g = parse_grounding(text, (100, 100), "pixel")
+    assert g.phrases == ("tree", "red car") and g.phrase == "tree"
+    assert g.points == (((20.0, 20.0),), ())
+    assert rescale_grounding(g, (100, 100), (200, 200)).phrases == g.phrases
