@@ -4,7 +4,9 @@ Stage 1 — the grounder 𝓛 reads the whole image and the query and returns bo
 
 Stage 2 — per box: clamp to the image; refine (Eq. 2, ``config.refine``; when switched off, the clamped raw box is
 the RoI); the integer RoI ``roi_from_box``; the crop ``image[Y1:Y2, X1:X2]``; **one** SAM3 vision encoding of the crop
-(``segmenter.set_image``) shared by both routes.
+(``segmenter.set_image``) shared by both routes. When the segmenter has ``set_images`` the crops are encoded in
+batches (``encode_crops``: all boxes of an item; in ``run_batch`` all crops of a chunk; ``encode_batch_size`` crops per
+forward, a segmenter option).
 
 Stage 3 — Route A (``config.route_a``): CLIP Surgery similarity map of the phrase over the crop → Top-K NMS keypoints
 (Eq. 3: k, τ, radius) → SAM3 point prompt; ``config.route_a_points`` may use the grounder's Think2Seg-RS
@@ -176,9 +178,17 @@ class GeoSegPipeline:
         return self.segment(image, query, grounding, {"grounding": time.perf_counter() - t0})
 
     def segment(
-        self, image: np.ndarray, query: str, grounding: Grounding, timings: dict[str, float] | None = None
+        self,
+        image: np.ndarray,
+        query: str,
+        grounding: Grounding,
+        timings: dict[str, float] | None = None,
+        states: dict[int, Any] | None = None,
     ) -> GeoSegResult:
-        """Stages 2-3 for a grounding already obtained (the batch path grounds many items first)."""
+        """Stages 2-3 for a grounding already obtained (the batch path grounds many items first).
+
+        ``states``: segmenter encodings of box ``i``'s crop already computed (``encode_crops``, batched); without
+        them the crops of a multi-box grounding are encoded together when the segmenter has ``set_images``."""
         image = check_image(image)
         query = check_query(query)
         if not isinstance(grounding, Grounding):
@@ -190,6 +200,9 @@ class GeoSegPipeline:
         clock = _Clock()
         clock.timings.update(timings or {})
         t_start = time.perf_counter()
+        if states is None and len(grounding.boxes) > 1:
+            states = self.encode_crops([(image, grounding)])[0]
+            clock.add("encode", t_start)
         empty = np.zeros((H, W), dtype=bool)
         note = TINY_MODEL_WARNING if self.is_meaningless else None
 
@@ -225,7 +238,7 @@ class GeoSegPipeline:
             if not first:
                 first = {"box": box, "refined_box": refined, "roi": roi}
             t = clock.add("crop", t)
-            state = self.segmenter.set_image(crop)
+            state = states[i] if states and i in states else self.segmenter.set_image(crop)
             t = clock.add("encode", t)
 
             m_pt = m_txt = None
@@ -290,6 +303,29 @@ class GeoSegPipeline:
 
     # ------------------------------------------------------------------------------------------------ batches
 
+    def encode_crops(self, pairs: list[tuple[np.ndarray, Grounding]]) -> list[dict[int, Any]]:
+        """The segmenter encodings of every box crop of several (image, grounding) pairs, batched through
+        ``segmenter.set_images`` (``encode_batch_size`` crops per forward); a dict per pair, box index -> state.
+        Empty dicts when the segmenter has no ``set_images``, or for boxes outside their image."""
+        many = getattr(self.segmenter, "set_images", None)
+        out: list[dict[int, Any]] = [{} for _ in pairs]
+        if not callable(many):
+            return out
+        cfg, jobs, crops = self.config, [], []
+        for p, (image, g) in enumerate(pairs):
+            H, W = image.shape[:2]
+            for i, box in enumerate(g.boxes):
+                clamped = clamp_box(box, W, H)
+                if clamped.width <= 0 or clamped.height <= 0:
+                    continue
+                X1, Y1, X2, Y2 = roi_from_box(refine_box(box, W, H, cfg.alpha, cfg.beta) if cfg.refine else clamped)
+                jobs.append((p, i))
+                crops.append(image[Y1:Y2, X1:X2])
+        if crops:
+            for (p, i), state in zip(jobs, many(crops), strict=True):
+                out[p][i] = state
+        return out
+
     def _ground_many(self, pairs: list[tuple[np.ndarray, str]]) -> list[Grounding | Exception]:
         g = self.grounder
         many = getattr(g, "ground_many", None)
@@ -349,6 +385,14 @@ class GeoSegPipeline:
             per_item = (time.perf_counter() - t0) / len(ready)
             # Segment image by image (stable within each image).
             order = sorted(range(len(ready)), key=lambda j: (id(ready[j][1]), j))
+            fine = [j for j in order if not isinstance(groundings[j], Exception)]
+            t1 = time.perf_counter()
+            try:  # every crop of the chunk through the SAM3 backbone in batches (segmenter's encode_batch_size)
+                encoded = dict(zip(fine, self.encode_crops([(ready[j][1], groundings[j]) for j in fine]), strict=True))
+            except Exception:  # fall back to one encoding per crop: each item then fails (or not) on its own
+                encoded = {}
+            n_crops = max(1, sum(len(e) for e in encoded.values()))
+            per_crop = (time.perf_counter() - t1) / n_crops
             for j in order:
                 idx, image, query = ready[j]
                 g = groundings[j]
@@ -356,7 +400,9 @@ class GeoSegPipeline:
                     results[idx] = g
                     continue
                 try:
-                    results[idx] = self.segment(image, query, g, {"grounding": per_item})
+                    st = encoded.get(j) or None
+                    pre = {"grounding": per_item, "encode": per_crop * len(st or ())}
+                    results[idx] = self.segment(image, query, g, pre, st)
                 except Exception as exc:
                     results[idx] = exc
         for idx, item in enumerate(chunk):

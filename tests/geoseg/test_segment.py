@@ -578,3 +578,39 @@ def test_parser_keeps_one_phrase_per_box():
     assert g.phrases == ("tree", "red car") and g.phrase == "tree"
     assert g.points == (((20.0, 20.0),), ())
     assert rescale_grounding(g, (100, 100), (200, 200)).phrases == g.phrases
+
+
+class _Fixed:
+    """A grounder answering a fixed grounding (stage 1 is not under test here)."""
+
+    def __init__(self, grounding):
+        self.grounding = grounding
+
+    def ground(self, image, query):
+        return self.grounding
+
+
+def test_run_batch_encodes_a_chunk_of_crops_in_batches(tiny_matcher, fresh_segmenter, aerial_rgb):
+    """Three items (four crops) -> backbone forwards of encode_batch_size crops; the results equal item-by-item."""
+    from geoseg.pipeline import GeoSegPipeline
+    from geoseg.types import Box, GeoSegConfig, Grounding
+
+    two = Grounding(boxes=(Box(10.0, 10.0, 120.0, 120.0), Box(200.0, 200.0, 390.0, 390.0)), phrase="tree")
+    one = Grounding(boxes=(Box(60.0, 40.0, 260.0, 220.0),), phrase="road")
+    seg = fresh_segmenter
+    singles = [_pipeline(tiny_matcher, seg).segment(aerial_rgb, "q", g, states={}) for g in (two, one, one)]
+    with forced(seg, encode_batch_size=3):
+        pipe = GeoSegPipeline(GeoSegConfig(), grounder=_Fixed(two), matcher=tiny_matcher, segmenter=seg)
+        before = seg.encoder_calls
+        items = [("a", aerial_rgb, "q")]
+        out = list(pipe.run_batch(items))
+        assert seg.encoder_calls == before + 1  # the item's two crops in one forward
+        pipe = GeoSegPipeline(GeoSegConfig(), grounder=_Fixed(one), matcher=tiny_matcher, segmenter=seg)
+        before = seg.encoder_calls
+        out += list(pipe.run_batch([("b", aerial_rgb, "q"), ("c", aerial_rgb.copy(), "q")]))
+        assert seg.encoder_calls == before + 1  # two items, one forward
+    assert [k for k, _ in out] == ["a", "b", "c"]
+    for (_, res), ref in zip(out, singles, strict=True):
+        assert res.route == ref.route
+        assert np.mean(res.mask != ref.mask) < 0.001  # batched float kernels may flip a few boundary pixels
+        assert res.timings["encode"] > 0
