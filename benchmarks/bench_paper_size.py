@@ -325,7 +325,7 @@ def bench_grounder(size: str, args: argparse.Namespace, device: str, dtype: Any)
     params = sum(p.numel() for p in model.parameters())
     decoder = list(model.model.language_model.layers)
     clock = BlockClock(decoder, timer)
-    side = 1024 // spec["vision"]["patch_size"]  # 64 x 64 patches -> 32 x 32 = 1024 merged visual tokens
+    side = args.grounder_image_px // spec["vision"]["patch_size"]  # 1024 px: 64 x 64 patches -> 1024 visual tokens
     n_vis = side * side // 4
     ids = [cfg.vision_start_token_id] + [cfg.image_token_id] * n_vis + [cfg.vision_end_token_id]
     ids += [int(i) for i in torch.randint(1000, 100000, (48,))]
@@ -386,9 +386,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--grounder-layers", type=int, default=None, help="decoder layers to build (0 = all)")
     ap.add_argument("--grounder-iters", type=int, default=1)
     ap.add_argument("--answer-tokens", type=int, default=64, help="fixed answer length of the grounder")
+    ap.add_argument("--grounder-image-px", type=int, default=1024, help="grounder input side (multiple of 32)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    if args.grounder_image_px % 32 or args.grounder_image_px < 32:
+        raise SystemExit("--grounder-image-px must be a positive multiple of 32 (patch 16, 2 x 2 merge)")
     args.batches = sorted({int(b) for b in str(args.batches).split(",") if b.strip()} | {1})
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
