@@ -360,6 +360,8 @@ class Sam3TransformersSegmenter:
         with torch.inference_mode():
             maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
             maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
+            # Meta (sam1_task_predictor.set_image): vision_feats[-1] += no_mem_embed on the 72x72 level, after
+            # scalp=1 dropped the 36x36 one. transformers 5.23 Sam3TrackerModel adds it before dropping (lost).
             maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
         got = [tuple(m.shape[-2:]) for m in maps]
         if got != sizes:
