@@ -26,7 +26,8 @@ Consensus rule
    **medoid** of the accepting masks (the one with the highest mean IoU to the others; ties: highest mean Boundary F,
    then the lowest annotation id), and its supporters (accepting masks at IoU >= ``inlier_iou`` to it, itself
    included) must again be more than half of all votes, or the item goes to adjudication. Finally an item whose
-   ``agreement`` is below ``min_agreement`` goes to adjudication.
+   ``agreement`` is below ``min_agreement`` goes to adjudication. The default 0.5 means: two annotators need a mask
+   IoU of 0.5 (the inlier test itself), two of three need 0.75 between them, three of three a mean IoU of 0.5.
 
 Why the medoid and not a pixel-majority mask: (a) with two annotators a pixel majority is a tie on every pixel where
 they differ -- intersection or union, each a systematic bias of the benchmark's object size; (b) the medoid is a mask
@@ -51,7 +52,7 @@ import numpy as np
 from geoseg.metrics import Confusion, boundary_f
 
 #: Defaults of a project's consensus settings (``label_project.min_agreement``) and of the inlier test.
-DEFAULT_MIN_AGREEMENT = 0.6
+DEFAULT_MIN_AGREEMENT = 0.5
 DEFAULT_INLIER_IOU = 0.5
 ACCEPT, NO_TARGET, REJECT = "accept", "no_target", "reject"
 

@@ -282,7 +282,7 @@ class LabelProject(Base):
     # consensus (migration 0005): annotators per task, the agreement below which an item goes to adjudication,
     # "label" or "review" (an adjudication project) and, for a review project, the project it reviews
     overlap: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
-    min_agreement: Mapped[float] = mapped_column(default=0.6, server_default=sa.text("0.6"))
+    min_agreement: Mapped[float] = mapped_column(default=0.5, server_default=sa.text("0.5"))
     role: Mapped[str] = mapped_column(sa.String(16), default="label", server_default="label")
     review_of: Mapped[int | None] = mapped_column(sa.ForeignKey("label_project.id", ondelete="SET NULL"))
 

@@ -19,7 +19,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("label_project") as b:
         b.add_column(sa.Column("overlap", sa.Integer(), server_default=sa.text("1"), nullable=False))
-        b.add_column(sa.Column("min_agreement", sa.Float(), server_default=sa.text("0.6"), nullable=False))
+        b.add_column(sa.Column("min_agreement", sa.Float(), server_default=sa.text("0.5"), nullable=False))
         b.add_column(sa.Column("role", sa.String(length=16), server_default="label", nullable=False))
         b.add_column(sa.Column("review_of", sa.Integer(), nullable=True))
         b.create_foreign_key(

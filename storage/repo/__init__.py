@@ -42,6 +42,8 @@ from storage.repo.annotations import (
 )
 from storage.repo.base import CHUNK
 from storage.repo.consensus import (
+    AdjudicationCase,
+    adjudication_cases,
     adjudication_queue,
     item_consensus,
     review_project_of,
@@ -81,9 +83,11 @@ from storage.repo.snapshots import (
 )
 
 __all__ = [
+    "AdjudicationCase",
     "CHUNK",
     "SnapshotConflictError",
     "accepted_triplets",
+    "adjudication_cases",
     "adjudication_queue",
     "advance_watermark",
     "annotations_since",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from storage.consensus import State
-from storage.models import ItemConsensus, LabelProject, LabelTask, utcnow
+from storage.models import Annotation, Image, Item, ItemConsensus, LabelProject, LabelTask, Verdict, utcnow
 from storage.repo.base import chunked, dialect_insert
 
 ROLES = ("label", "review")
@@ -88,3 +89,53 @@ def upsert_item_consensus(session: Session, rows: Sequence[dict[str, Any]]) -> N
     now = utcnow()
     for chunk in chunked(list(rows)):
         session.execute(stmt, [{**r, "updated_at": now} for r in chunk])
+
+
+@dataclass(frozen=True)
+class AdjudicationCase:
+    """An item in the adjudication queue not yet sent to the review project, with what the reviewer needs."""
+
+    item_id: int
+    query: str
+    ls_task_id: int  # its task in the labeling project
+    height: int
+    width: int
+    consensus: dict[str, Any]
+    votes: list[dict[str, Any]]  # annotation_id, annotator, verdict, mask_sha256, iou_vs_consensus
+
+
+def adjudication_cases(session: Session, label_project_id: int, review_project_id: int) -> list[AdjudicationCase]:
+    """Queue items of a labeling project that have no task in its review project yet, by item id."""
+    reviewed = sa.select(LabelTask.item_id).where(LabelTask.label_project_id == review_project_id)
+    rows = session.execute(
+        sa.select(ItemConsensus, LabelTask.ls_task_id, Item.query, Image.height, Image.width)
+        .join(LabelTask, LabelTask.item_id == ItemConsensus.item_id)
+        .join(Item, Item.id == ItemConsensus.item_id)
+        .join(Image, Image.id == Item.image_id)
+        .where(
+            ItemConsensus.state == State.ADJUDICATION.value,
+            LabelTask.label_project_id == label_project_id,
+            ItemConsensus.item_id.not_in(reviewed),
+        )
+        .order_by(ItemConsensus.item_id)
+    ).all()
+    out: list[AdjudicationCase] = []
+    for chunk in chunked(rows):
+        ids = [r[0].item_id for r in chunk]
+        votes: dict[int, list[dict[str, Any]]] = {}
+        for a in session.scalars(
+            sa.select(Annotation)
+            .where(Annotation.item_id.in_(ids), Annotation.retracted.is_(False))
+            .order_by(Annotation.id)
+        ):
+            votes.setdefault(a.item_id, []).append({
+                "annotation_id": a.id, "annotator": a.annotator, "verdict": str(Verdict(a.verdict).value),
+                "mask_sha256": a.mask_sha256, "iou_vs_consensus": a.iou_vs_consensus,
+            })  # fmt: skip
+        for c, ls_task_id, query, h, w in chunk:
+            summary = {k: getattr(c, k) for k in (
+                "state", "n_annotators", "required", "verdict_agreement", "mask_iou", "boundary_f", "agreement",
+                "support", "reason")}  # fmt: skip
+            out.append(AdjudicationCase(c.item_id, query, int(ls_task_id), int(h), int(w), summary,
+                                        votes.get(c.item_id, [])))  # fmt: skip
+    return out
