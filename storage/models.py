@@ -403,6 +403,10 @@ class SnapshotMember(Base):
     split: Mapped[str] = mapped_column(sa.String(32), default="test")
     image_sha256: Mapped[str] = mapped_column(SHA)
     mask_sha256: Mapped[str] = mapped_column(SHA)
+    # the triplet's consensus at snapshot time (0005)
+    agreement: Mapped[float | None]
+    n_annotators: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
+    adjudicated: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     snapshot: Mapped[Snapshot] = relationship(back_populates="members")
     triplet: Mapped[Triplet] = relationship()

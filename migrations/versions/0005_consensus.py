@@ -1,4 +1,5 @@
-"""Consensus: project overlap / agreement threshold / review role, per-item consensus, triplet agreement, route masks.
+"""Consensus: project overlap / agreement threshold / review role, per-item consensus, triplet + snapshot member
+agreement, route masks.
 
 Revision ID: 0005
 Revises: 0001
@@ -29,6 +30,10 @@ def upgrade() -> None:
     with op.batch_alter_table("annotation") as b:
         b.add_column(sa.Column("iou_vs_consensus", sa.Float(), nullable=True))
     with op.batch_alter_table("triplet") as b:
+        b.add_column(sa.Column("agreement", sa.Float(), nullable=True))
+        b.add_column(sa.Column("n_annotators", sa.Integer(), server_default=sa.text("1"), nullable=False))
+        b.add_column(sa.Column("adjudicated", sa.Boolean(), server_default=sa.false(), nullable=False))
+    with op.batch_alter_table("snapshot_member") as b:
         b.add_column(sa.Column("agreement", sa.Float(), nullable=True))
         b.add_column(sa.Column("n_annotators", sa.Integer(), server_default=sa.text("1"), nullable=False))
         b.add_column(sa.Column("adjudicated", sa.Boolean(), server_default=sa.false(), nullable=False))
@@ -70,6 +75,10 @@ def downgrade() -> None:
     with op.batch_alter_table("prediction") as b:
         b.drop_column("text_mask_sha256")
         b.drop_column("point_mask_sha256")
+    with op.batch_alter_table("snapshot_member") as b:
+        b.drop_column("adjudicated")
+        b.drop_column("n_annotators")
+        b.drop_column("agreement")
     with op.batch_alter_table("triplet") as b:
         b.drop_column("adjudicated")
         b.drop_column("n_annotators")
