@@ -166,13 +166,20 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"note: {TINY_MODEL_WARNING}", err=True)
 
     @app.command("quality")
-    def quality_cmd(model_version: str | None = _MV) -> None:
+    def quality_cmd(
+        model_version: str | None = _MV,
+        consensus: bool = typer.Option(False, "--consensus", help="Annotator agreement per domain x level and per "
+                                       "annotator (IoU against consensus) instead of pre-label quality."),
+    ) -> None:
         """Pre-label quality per model version: acceptance, IoU vs accepted mask, unchanged share, lead time."""
         from flows.runtime import open_runtime
-        from storage.datasets.quality import prelabel_quality
+        from storage.datasets.quality import consensus_quality, prelabel_quality
 
         rt = open_runtime()
         with rt.session() as s:
+            if consensus:
+                _echo_json(consensus_quality(s))
+                return
             rows = [q.row() for q in prelabel_quality(s, rt.blobs, model_version=model_version)]
         if not rows:
             typer.echo("no annotations yet")

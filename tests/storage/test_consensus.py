@@ -146,3 +146,12 @@ def test_redecide_consensus_in_the_database(session, blob_store):
     assert session.get(Item, items[0]).status == ItemStatus.IN_REVIEW
     assert {t.item_id for t in repo.accepted_triplets(session)} == {items[1]}
     assert len(repo.accepted_triplets(session, snapshot=("bench", "1"))) == 2 and snap is not None
+    # agreement per domain x level and per annotator
+    from storage.datasets.quality import consensus_quality
+
+    q = consensus_quality(session)
+    (row,) = q["by_stratum"]
+    assert (row["domain"], row["level"], row["n_items"], row["adjudicated"]) == ("Urban", "L1", 2, 1)
+    who = {r["annotator"]: r for r in q["by_annotator"]}
+    assert who["sim-a"]["mean_iou_vs_consensus"] == pytest.approx(np_iou(A, A2), abs=1e-4)  # item 1: A vs reviewer A2
+    assert who["sim-b"]["n_compared"] == 1 and who["sim-b"]["mean_iou_vs_consensus"] == 0.0  # rejected item 1
