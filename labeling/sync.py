@@ -32,11 +32,13 @@ from sqlalchemy.orm import Session
 from labeling.adjudication import push_adjudication, review_handle
 from labeling.brush import BrushRLEError, rle_to_mask
 from labeling.client import LabelStudioClient
+from labeling.priority import reprioritize, uses_uncertainty
 from labeling.project import MASK_FROM, TARGET_LABEL, VERDICT_CHOICES, VERDICT_FROM, ProjectHandle
 from storage import repo
 from storage.blobs import BlobStore
 from storage.maskcodec import decode_mask, encode_mask
 from storage.models import Annotation, Item, LabelTask
+from storage.priority import full_cells, stratum_targets
 from storage.records import AnnotationRecord, LabelTaskRecord
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class SyncReport:
     watermark: datetime | None = None
     review: SyncReport | None = None  # the sync of the project's review (adjudication) project, when it has one
     adjudication_pushed: int = 0  # items sent to the review project by this sync
+    reprioritized: int = 0  # prediction scores moved in the label stream (labeling.priority)
 
 
 def parse_time(value: str) -> datetime:
@@ -228,6 +231,7 @@ def sync_annotations(
     *,
     full: bool = False,
     overlap: timedelta = timedelta(seconds=2),
+    queue_targets: Mapping[tuple[str, str], int] | None = None,
 ) -> SyncReport:
     """Poll the project's tasks updated since its watermark (all with ``full``) and store their annotations.
 
@@ -235,10 +239,14 @@ def sync_annotations(
     small ``overlap`` re-reads the last moments before it (the upserts are idempotent).
 
     A project with a review project (labeling.adjudication) then syncs that one too (the reviewers' decisions) and
-    sends the items newly in the adjudication queue to it.
+    sends the items newly in the adjudication queue to it. When a domain x level stratum reached (or fell below) its
+    target (``queue_targets``, default GeoSeg-Bench's 810) and the project's label stream is uncertainty sampling,
+    that stratum's tasks get their new queue scores (labeling.priority).
     """
     report = SyncReport()
     ctx = _Context(session, blobs)
+    targets = dict(queue_targets) if queue_targets else stratum_targets()
+    full_before = full_cells(session, targets)
     watermark = None if full else repo.get_watermark(session, project.label_project_id)
     since = watermark - overlap if watermark is not None else None
     newest = watermark
@@ -258,8 +266,14 @@ def sync_annotations(
     session.commit()
     review = review_handle(session, project)
     if review is not None:
-        report.review = sync_annotations(client, session, blobs, review, full=full, overlap=overlap)
+        report.review = sync_annotations(client, session, blobs, review, full=full, overlap=overlap,
+                                         queue_targets=targets)
         report.adjudication_pushed = push_adjudication(client, session, blobs, project, review)
+    flipped = full_before ^ full_cells(session, targets)
+    if flipped:  # a stratum filled up (or fell below target): its tasks move in the label stream
+        mv = uses_uncertainty(client, project)
+        if mv is not None:
+            report.reprioritized = reprioritize(client, session, project, mv, targets=targets, cells=flipped)
     return report
 
 
