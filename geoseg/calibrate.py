@@ -438,3 +438,19 @@ def profile_text(report: CalibrationReport, extends: str, profile: str) -> str:
     if tst is not None:
         lines += ["[segmenter]", f"options = {{ text_score_threshold = {_toml_value(float(tst))} }}"]
     return "\n".join(lines) + "\n"
+
+
+def sample_from_stored(
+    sample: BenchSample, stored: Mapping[str, Any], masks: Mapping[str, np.ndarray | None]
+) -> CalibrationSample:
+    """A calibration sample from a benchmark sample, the stored prediction's fields (``boxes``, ``phrase``,
+    ``refined_box``) and its decoded masks (``mask``, ``mask_point``, ``mask_text``; None where not stored)."""
+    from geoseg.box import roi_from_box
+
+    boxes = tuple(Box.from_sequence(b) for b in stored.get("boxes") or [])
+    refined = stored.get("refined_box")
+    roi = roi_from_box(Box.from_sequence(refined)) if refined else None
+    return CalibrationSample(
+        sample=sample, grounding=Grounding(boxes=boxes, phrase=str(stored.get("phrase") or "")) if boxes else None,
+        prelabel=masks.get("mask"), mask_point=masks.get("mask_point"), mask_text=masks.get("mask_text"), roi=roi,
+    )

@@ -36,3 +36,11 @@ def stored_predictions(
         for r in session.execute(q.order_by(Triplet.id, Prediction.id)):
             out[int(r.id)] = {c: getattr(r, c) for c in COLUMNS}  # the newest prediction (highest id) wins
     return out
+
+
+def stored_masks(blobs: Any, stored: dict[str, Any], shape: tuple[int, int]) -> dict[str, Any]:
+    """The stored prediction's fused and route masks, decoded (None where not stored)."""
+    from storage.maskcodec import decode_mask
+
+    names = {"mask": "mask_sha256", "mask_point": "point_mask_sha256", "mask_text": "text_mask_sha256"}
+    return {k: (decode_mask(blobs.get(stored[c]), shape=shape) if stored.get(c) else None) for k, c in names.items()}
