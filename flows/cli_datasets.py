@@ -32,6 +32,10 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, float] | None:
     return out
 
 
+_MIN_AGREEMENT = typer.Option(None, "--min-agreement", help="Only items whose annotators agree at least this much "
+                              "(0-1; single-annotator items have no agreement; adjudicated items pass).")
+_MIN_ANNOTATORS = typer.Option(None, "--min-annotators", help="Only items decided by at least this many annotators.")
+
 def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
@@ -46,15 +50,18 @@ def export_coco_cmd(
     until: str | None = _UNTIL,
     model_version: str | None = _MV,
     images: str = typer.Option("none", "--images", help="none | copy | link: put the images beside the JSON."),
+    min_agreement: float | None = _MIN_AGREEMENT,
+    min_annotators: int | None = _MIN_ANNOTATORS,
 ) -> None:
     """Write OUT/instances.json: COCO RLE annotations, RefCOCO-style refs, and a no_target list."""
     from flows.datasets import export_flow, make_filter
 
     if images not in ("none", "copy", "link"):
         raise typer.BadParameter("must be none, copy or link", param_hint="--images")
-    make_filter(snapshot, domain, level, since, until, model_version)  # bad filters fail here, before the flow
+    make_filter(snapshot, domain, level, since, until, model_version, min_agreement, min_annotators)  # fail early
     summary = export_flow(str(out), snapshot=snapshot, domains=domain, levels=level, since=since, until=until,
-                          model_version=model_version, images=images)
+                          model_version=model_version, images=images, min_agreement=min_agreement,
+                          min_annotators=min_annotators)
     _echo_json(summary)
 
 
@@ -75,16 +82,19 @@ def snapshot_create(
     limit: int | None = typer.Option(None, "--limit", help="Without stratification: the first N triplets."),
     out_root: Path | None = typer.Option(None, "--out-root", help="Where snapshots live (default DATA_DIR/snapshots)."),
     description: str | None = typer.Option(None, "--description"),
+    min_agreement: float | None = _MIN_AGREEMENT,
+    min_annotators: int | None = _MIN_ANNOTATORS,
 ) -> None:
     """Freeze the selected accepted triplets as the next version of NAME, in GeoSeg-Bench layout + manifest."""
     from flows.datasets import make_filter, snapshot_flow
 
-    make_filter(None, domain, level, since, until, model_version)  # bad filters fail here, before the flow
+    make_filter(None, domain, level, since, until, model_version, min_agreement, min_annotators)  # fail early
     info = snapshot_flow(name, out_root=str(out_root) if out_root else None, domains=domain, levels=level,
                          since=since, until=until, model_version=model_version, stratify=stratify, total=total,
                          seed=seed, domain_targets=_pairs(domain_target, "--domain-target"),
                          level_targets=_pairs(level_target, "--level-target"), allow_shortfall=allow_shortfall,
-                         limit=limit, description=description)
+                         limit=limit, description=description, min_agreement=min_agreement,
+                         min_annotators=min_annotators)
     _echo_json(info)
 
 
@@ -156,13 +166,20 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"note: {TINY_MODEL_WARNING}", err=True)
 
     @app.command("quality")
-    def quality_cmd(model_version: str | None = _MV) -> None:
+    def quality_cmd(
+        model_version: str | None = _MV,
+        consensus: bool = typer.Option(False, "--consensus", help="Annotator agreement per domain x level and per "
+                                       "annotator (IoU against consensus) instead of pre-label quality."),
+    ) -> None:
         """Pre-label quality per model version: acceptance, IoU vs accepted mask, unchanged share, lead time."""
         from flows.runtime import open_runtime
-        from storage.datasets.quality import prelabel_quality
+        from storage.datasets.quality import consensus_quality, prelabel_quality
 
         rt = open_runtime()
         with rt.session() as s:
+            if consensus:
+                _echo_json(consensus_quality(s))
+                return
             rows = [q.row() for q in prelabel_quality(s, rt.blobs, model_version=model_version)]
         if not rows:
             typer.echo("no annotations yet")

@@ -450,3 +450,31 @@ def _print_status(st: dict[str, Any]) -> None:
                       fmt(r["median_iou"]), fmt(r["share_unchanged"], pct=True),
                       fmt(r["median_lead_time_s"], unit=" s"))
         con.print(q)
+    _print_consensus(con, st.get("consensus") or {})
+
+
+def _print_consensus(con: Any, cons: dict[str, Any]) -> None:
+    """Annotator agreement tables of ``geolabel status`` (storage.datasets.quality.consensus_quality)."""
+    from rich.table import Table
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    if any(r["n_multi"] for r in cons.get("by_stratum", [])):
+        t = Table(title="annotator agreement per domain x level (items with several annotators)")
+        for col in ("domain", "level", "items", "multi", "agreement", "mask IoU", "Boundary F", "verdicts",
+                    "in adjudication", "adjudicated"):
+            t.add_column(col)
+        for r in cons["by_stratum"]:
+            t.add_row(r["domain"], r["level"], str(r["n_items"]), str(r["n_multi"]), f(r["agreement"]),
+                      f(r["mask_iou"]), f(r["boundary_f"]), f(r["verdict_agreement"]), str(r["adjudication"]),
+                      str(r["adjudicated"]))
+        con.print(t)
+    rows = [r for r in cons.get("by_annotator", []) if r["n_compared"]]
+    if rows:
+        t = Table(title="per annotator: IoU against consensus")
+        for col in ("annotator", "annotations", "compared", "mean IoU vs consensus"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["annotator"], str(r["n_annotations"]), str(r["n_compared"]), f(r["mean_iou_vs_consensus"]))
+        con.print(t)

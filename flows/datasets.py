@@ -45,11 +45,13 @@ def _when(value: str | datetime | None, name: str) -> datetime | None:
 
 
 def make_filter(snapshot: str | None = None, domains: list[str] | None = None, levels: list[str] | None = None,
-                since: str | None = None, until: str | None = None, model_version: str | None = None):
+                since: str | None = None, until: str | None = None, model_version: str | None = None,
+                min_agreement: float | None = None, min_annotators: int | None = None):
     from storage.datasets.select import DatasetFilter
 
     return DatasetFilter(snapshot=snapshot or None, domains=tuple(domains or ()), levels=tuple(levels or ()),
-                         since=_when(since, "since"), until=_when(until, "until"), model_version=model_version or None)
+                         since=_when(since, "since"), until=_when(until, "until"), model_version=model_version or None,
+                         min_agreement=min_agreement, min_annotators=min_annotators)
 
 
 def snapshots_root(settings: Any, out_root: str | None = None) -> Path:
@@ -79,9 +81,11 @@ def export_flow(
     until: str | None = None,
     model_version: str | None = None,
     images: str = "none",
+    min_agreement: float | None = None,
+    min_annotators: int | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/instances.json`` (COCO + refs + no_target) for the selected triplets."""
-    f = make_filter(snapshot, domains, levels, since, until, model_version)
+    f = make_filter(snapshot, domains, levels, since, until, model_version, min_agreement, min_annotators)
     summary = export_coco_task(settings_overrides, out_dir, f, images)
     _logger().info("COCO export: %(annotations)d annotations, %(images)d images, %(no_target)d no-target -> %(path)s",
                    summary)
@@ -123,12 +127,14 @@ def snapshot_flow(
     allow_shortfall: bool = False,
     limit: int | None = None,
     description: str | None = None,
+    min_agreement: float | None = None,
+    min_annotators: int | None = None,
 ) -> dict[str, Any]:
     """Create the next version of snapshot ``name`` (GeoSeg-Bench targets by default when ``stratify``)."""
     from storage.datasets.snapshot import GEOSEG_BENCH_DOMAINS, GEOSEG_BENCH_LEVELS, Stratification
 
     settings = settings_from(settings_overrides)
-    f = make_filter(None, domains, levels, since, until, model_version)
+    f = make_filter(None, domains, levels, since, until, model_version, min_agreement, min_annotators)
     strat = None
     if stratify or domain_targets or level_targets or total is not None:
         strat = Stratification(domains=domain_targets or GEOSEG_BENCH_DOMAINS,

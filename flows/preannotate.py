@@ -240,12 +240,16 @@ def predict_batch(
         if isinstance(res, Exception):
             records.append(PredictionRecord.failure(int(item_id), mv, res))
             errors.append((int(item_id), f"{type(res).__name__}: {res}"))
-        else:
-            masks.append(encode_mask(res.mask))
+        else:  # the fused mask and both route masks (geolabel calibrate re-fuses them offline)
+            masks.extend(encode_mask(m) if m is not None else b"" for m in (res.mask, res.mask_point, res.mask_text))
             ok.append((int(item_id), res))
-    shas = rt.blobs.put_many(masks) if masks else []
-    for (item_id, res), sha in zip(ok, shas, strict=True):
-        records.append(PredictionRecord.from_result(item_id, res, mask_sha256=sha, score=_score(res)))
+    shas = rt.blobs.put_many([m for m in masks if m]) if masks else []
+    it_sha = iter(shas)
+    per = [next(it_sha) if m else None for m in masks]
+    for k, (item_id, res) in enumerate(ok):
+        sha, pt, txt = per[3 * k : 3 * k + 3]
+        records.append(PredictionRecord.from_result(item_id, res, mask_sha256=sha, score=_score(res),
+                                                    point_mask_sha256=pt, text_mask_sha256=txt))
     with rt.session() as s:
         repo.upsert_predictions(s, records)
     return BatchOutcome(

@@ -15,7 +15,7 @@ def collect_status(rt: Any) -> dict[str, Any]:
     """
     import sqlalchemy as sa
 
-    from storage.datasets.quality import prelabel_quality
+    from storage.datasets.quality import consensus_quality, prelabel_quality
     from storage.db import safe_url
     from storage.models import Annotation, Image, Item, LabelProject, LabelTask, Prediction, Triplet
 
@@ -86,6 +86,7 @@ def collect_status(rt: Any) -> dict[str, Any]:
                 by_domain[domain or "(none)"] = by_domain.get(domain or "(none)", 0) + n
         triplets = {"total": t_total, "active": t_total - withdrawn, "withdrawn": withdrawn, "by_domain": by_domain}
         quality = [q.row() for q in prelabel_quality(s, rt.blobs)]
+        consensus = consensus_quality(s)
     return {
         "database": safe_url(rt.settings.database_url),
         "blob_store": str(rt.settings.blob_url),
@@ -96,4 +97,5 @@ def collect_status(rt: Any) -> dict[str, Any]:
         "annotations": annotations,
         "triplets": triplets,
         "prelabel_quality": quality,
+        "consensus": consensus,
     }

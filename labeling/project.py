@@ -107,3 +107,35 @@ def _ensure_local_storage(client: LabelStudioClient, project_id: int, root: Path
     if any(s.get("path") == path for s in client.local_storages(project_id)):
         return
     client.create_local_storage(project_id, path, title="geolabel imagery")
+
+
+#: Label Studio's names of its task sampling modes (``Project.sampling``).
+SAMPLING = {"sequential": "Sequential sampling", "uniform": "Uniform sampling", "uncertainty": "Uncertainty sampling"}
+
+
+def configure_consensus(
+    client: LabelStudioClient,
+    session: Session,
+    handle: ProjectHandle,
+    *,
+    overlap: int,
+    min_agreement: float | None = None,
+) -> dict:
+    """Ask for ``overlap`` annotators per task: Label Studio's ``maximum_annotations`` on every task (cohort 100 %,
+    its label stream keeps serving a task until that many people annotated it) and the database's setting that the
+    consensus rule reads (storage.consensus). Returns the updated Label Studio project."""
+    if int(overlap) < 1:
+        raise ValueError(f"overlap must be >= 1 annotator per task, got {overlap}")
+    project = client.update_project(
+        handle.ls_project_id, maximum_annotations=int(overlap), overlap_cohort_percentage=100
+    )
+    repo.set_project_consensus(session, handle.label_project_id, overlap=int(overlap), min_agreement=min_agreement)
+    return project
+
+
+def configure_sampling(client: LabelStudioClient, handle: ProjectHandle, model_version: str, mode: str = "uncertainty"):
+    """Set the label stream's order: ``uncertainty`` serves the task whose prediction of ``model_version`` has the
+    lowest ``score`` first (Label Studio only ranks predictions of the project's ``model_version``)."""
+    if mode not in SAMPLING:
+        raise ValueError(f"sampling must be one of {sorted(SAMPLING)}, got {mode!r}")
+    return client.update_project(handle.ls_project_id, sampling=SAMPLING[mode], model_version=model_version)

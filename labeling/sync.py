@@ -7,7 +7,11 @@ the item and creates, updates or withdraws its ``Triplet``:
 * mask: the union of the annotation's brush regions (decoded with :mod:`labeling.brush`, stored as a blob);
   "no target" is stored as a verified EMPTY mask whatever was drawn; a reject keeps its mask when there is one;
 * annotator (Label Studio user), lead time, IoU against the pre-label that was pushed (both empty -> 1.0);
-* a deleted annotation (webhook, or missing from its task when polling) is retracted; a cancelled (skipped) one too.
+* a deleted annotation (webhook, or missing from its task when polling) is retracted; a cancelled (skipped) one too;
+* the item is then re-decided from ALL its live annotations (storage.consensus): with overlap N >= 2 by verdict
+  majority and the medoid mask, or into the adjudication queue (labeling.adjudication), whose review project this
+  sync also reads; a reviewer's decision is final. Edits and deletions after a consensus re-decide it; snapshots
+  already created keep their members (they freeze triplet ids and mask hashes).
 
 Malformed annotations (no verdict, a brush region of the wrong size, an unknown label, a broken RLE, an accept without
 a mask) are recorded in the report, per annotation, and the sync goes on with the others.
@@ -25,13 +29,16 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from labeling.adjudication import push_adjudication, review_handle
 from labeling.brush import BrushRLEError, rle_to_mask
 from labeling.client import LabelStudioClient
+from labeling.priority import reprioritize, uses_uncertainty
 from labeling.project import MASK_FROM, TARGET_LABEL, VERDICT_CHOICES, VERDICT_FROM, ProjectHandle
 from storage import repo
 from storage.blobs import BlobStore
 from storage.maskcodec import decode_mask, encode_mask
 from storage.models import Annotation, Item, LabelTask
+from storage.priority import full_cells, stratum_targets
 from storage.records import AnnotationRecord, LabelTaskRecord
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,9 @@ class SyncReport:
     skipped_tasks: list[tuple[int, str]] = field(default_factory=list)  # (LS task id, reason)
     malformed: list[tuple[int, str]] = field(default_factory=list)  # (LS annotation id, reason)
     watermark: datetime | None = None
+    review: SyncReport | None = None  # the sync of the project's review (adjudication) project, when it has one
+    adjudication_pushed: int = 0  # items sent to the review project by this sync
+    reprioritized: int = 0  # prediction scores moved in the label stream (labeling.priority)
 
 
 def parse_time(value: str) -> datetime:
@@ -199,7 +209,7 @@ def _apply_task(
             report.malformed.append((aid, f"{type(exc).__name__}: {exc}"))
             log.warning("sync: annotation %d of task %s is malformed: %s", aid, task.get("id"), exc)
     if records:
-        repo.upsert_annotations(session, records)
+        repo.upsert_annotations(session, records, ctx.blobs)
         report.upserted += len(records)
     gone = list(cancelled)
     if full_list:
@@ -210,7 +220,7 @@ def _apply_task(
         ).all()
         gone += [a for a in stored if a not in live]
     if gone:
-        report.retracted += repo.retract_annotations(session, gone)
+        report.retracted += repo.retract_annotations(session, gone, ctx.blobs)
 
 
 def sync_annotations(
@@ -221,14 +231,22 @@ def sync_annotations(
     *,
     full: bool = False,
     overlap: timedelta = timedelta(seconds=2),
+    queue_targets: Mapping[tuple[str, str], int] | None = None,
 ) -> SyncReport:
     """Poll the project's tasks updated since its watermark (all with ``full``) and store their annotations.
 
     Commits after every task page; the watermark (the newest task ``updated_at`` seen) only moves forward, and a
     small ``overlap`` re-reads the last moments before it (the upserts are idempotent).
+
+    A project with a review project (labeling.adjudication) then syncs that one too (the reviewers' decisions) and
+    sends the items newly in the adjudication queue to it. When a domain x level stratum reached (or fell below) its
+    target (``queue_targets``, default GeoSeg-Bench's 810) and the project's label stream is uncertainty sampling,
+    that stratum's tasks get their new queue scores (labeling.priority).
     """
     report = SyncReport()
     ctx = _Context(session, blobs)
+    targets = dict(queue_targets) if queue_targets else stratum_targets()
+    full_before = full_cells(session, targets)
     watermark = None if full else repo.get_watermark(session, project.label_project_id)
     since = watermark - overlap if watermark is not None else None
     newest = watermark
@@ -246,6 +264,16 @@ def sync_annotations(
     if newest is not None:
         report.watermark = repo.advance_watermark(session, project.label_project_id, newest)
     session.commit()
+    review = review_handle(session, project)
+    if review is not None:
+        report.review = sync_annotations(client, session, blobs, review, full=full, overlap=overlap,
+                                         queue_targets=targets)
+        report.adjudication_pushed = push_adjudication(client, session, blobs, project, review)
+    flipped = full_before ^ full_cells(session, targets)
+    if flipped:  # a stratum filled up (or fell below target): its tasks move in the label stream
+        mv = uses_uncertainty(client, project)
+        if mv is not None:
+            report.reprioritized = reprioritize(client, session, project, mv, targets=targets, cells=flipped)
     return report
 
 
@@ -277,7 +305,7 @@ def apply_webhook_event(
             _apply_task(ctx, project, t, report, full_list=False)
     elif action in DELETED:
         ids = [int(a["id"]) for a in payload.get("annotations") or [] if isinstance(a, Mapping) and "id" in a]
-        report.retracted += repo.retract_annotations(session, ids)
+        report.retracted += repo.retract_annotations(session, ids, blobs)
     else:
         report.skipped_tasks.append((0, f"ignored action {action!r}"))
     session.commit()

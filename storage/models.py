@@ -251,6 +251,9 @@ class Prediction(Base):
     reason: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # the two route masks before fusion, for offline calibration of gamma (geoseg.calibrate) (0005)
+    point_mask_sha256: Mapped[str | None] = mapped_column(SHA)
+    text_mask_sha256: Mapped[str | None] = mapped_column(SHA)
 
     item: Mapped[Item] = relationship(back_populates="predictions")
 
@@ -276,6 +279,12 @@ class LabelProject(Base):
     watermark: Mapped[datetime | None]  # newest annotation updated_at synced so far
     last_synced_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # consensus (migration 0005): annotators per task, the agreement below which an item goes to adjudication,
+    # "label" or "review" (an adjudication project) and, for a review project, the project it reviews
+    overlap: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
+    min_agreement: Mapped[float] = mapped_column(default=0.5, server_default=sa.text("0.5"))
+    role: Mapped[str] = mapped_column(sa.String(16), default="label", server_default="label")
+    review_of: Mapped[int | None] = mapped_column(sa.ForeignKey("label_project.id", ondelete="SET NULL"))
 
     __table_args__ = (sa.UniqueConstraint("label_studio_url", "ls_project_id"),)
 
@@ -318,6 +327,7 @@ class Annotation(Base):
     updated_at: Mapped[datetime] = mapped_column(index=True)  # Label Studio's updated_at (the sync watermark key)
     retracted: Mapped[bool] = mapped_column(default=False)
     synced_at: Mapped[datetime] = mapped_column(default=utcnow)
+    iou_vs_consensus: Mapped[float | None]  # of this annotation's mask against its item's consensus (0005)
 
     item: Mapped[Item] = relationship()
     label_task: Mapped[LabelTask] = relationship()
@@ -336,10 +346,36 @@ class Triplet(Base):
     level: Mapped[str | None] = mapped_column(sa.String(2))
     withdrawn: Mapped[bool] = mapped_column(default=False)  # the accepting annotation was retracted
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    agreement: Mapped[float | None]  # storage.consensus agreement (None: one annotator)  (0005)
+    n_annotators: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
+    adjudicated: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     item: Mapped[Item] = relationship()
     image: Mapped[Image] = relationship()
     annotation: Mapped[Annotation] = relationship()
+
+
+class ItemConsensus(Base):
+    """The consensus of an item's live annotations (storage.consensus.decide), re-computed on every change (0005)."""
+
+    __tablename__ = "item_consensus"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(sa.ForeignKey("item.id", ondelete="CASCADE"), unique=True)
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)  # storage.consensus.State
+    n_annotators: Mapped[int]
+    required: Mapped[int]
+    verdict: Mapped[str | None] = mapped_column(sa.String(16))
+    annotation_id: Mapped[int | None] = mapped_column(sa.ForeignKey("annotation.id", ondelete="SET NULL"))
+    verdict_agreement: Mapped[float | None]
+    mask_iou: Mapped[float | None]
+    boundary_f: Mapped[float | None]
+    agreement: Mapped[float | None]
+    support: Mapped[int]
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    item: Mapped[Item] = relationship()
 
 
 class Snapshot(Base):
@@ -367,6 +403,10 @@ class SnapshotMember(Base):
     split: Mapped[str] = mapped_column(sa.String(32), default="test")
     image_sha256: Mapped[str] = mapped_column(SHA)
     mask_sha256: Mapped[str] = mapped_column(SHA)
+    # the triplet's consensus at snapshot time (0005)
+    agreement: Mapped[float | None]
+    n_annotators: Mapped[int] = mapped_column(default=1, server_default=sa.text("1"))
+    adjudicated: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     snapshot: Mapped[Snapshot] = relationship(back_populates="members")
     triplet: Mapped[Triplet] = relationship()
@@ -374,4 +414,6 @@ class SnapshotMember(Base):
     __table_args__ = (sa.UniqueConstraint("snapshot_id", "triplet_id"),)
 
 
-ALL_MODELS = (Image, Item, Prediction, LabelProject, LabelTask, Annotation, Triplet, Snapshot, SnapshotMember)
+ALL_MODELS = (
+    Image, Item, Prediction, LabelProject, LabelTask, Annotation, Triplet, Snapshot, SnapshotMember, ItemConsensus,
+)

@@ -162,6 +162,8 @@ class PredictionRecord:
     raw_text: str | None = None
     reason: str | None = None
     error: str | None = None
+    point_mask_sha256: str | None = None  # Route A's mask before fusion (for calibrating gamma offline)
+    text_mask_sha256: str | None = None  # Route B's mask before fusion
 
     def __post_init__(self) -> None:
         _pos_int("PredictionRecord.item_id", self.item_id)
@@ -176,6 +178,8 @@ class PredictionRecord:
         if self.route is not None and self.route not in ROUTES:
             raise ValueError(f"PredictionRecord.route must be one of {ROUTES}, got {self.route!r}")
         _sha("PredictionRecord.mask_sha256", self.mask_sha256)
+        _sha("PredictionRecord.point_mask_sha256", self.point_mask_sha256)
+        _sha("PredictionRecord.text_mask_sha256", self.text_mask_sha256)
         if self.mask_area is not None:
             _pos_int("PredictionRecord.mask_area", self.mask_area, 0)
         if self.score is not None:
@@ -186,8 +190,12 @@ class PredictionRecord:
             raise ValueError("a PredictionRecord needs a mask_sha256 (or an error saying why there is none)")
 
     @classmethod
-    def from_result(cls, item_id: int, result: Any, mask_sha256: str, score: float | None = None) -> PredictionRecord:
-        """From a ``geoseg.types.GeoSegResult`` (duck-typed) whose mask was stored under ``mask_sha256``."""
+    def from_result(
+        cls, item_id: int, result: Any, mask_sha256: str, score: float | None = None,
+        point_mask_sha256: str | None = None, text_mask_sha256: str | None = None,
+    ) -> PredictionRecord:
+        """From a ``geoseg.types.GeoSegResult`` (duck-typed) whose mask was stored under ``mask_sha256`` (and its
+        route masks under ``point_mask_sha256`` / ``text_mask_sha256`` when given)."""
         g = result.grounding
         return cls(
             item_id=item_id,
@@ -206,6 +214,8 @@ class PredictionRecord:
             timings=dict(result.timings),
             raw_text=g.raw_text or None,
             reason=result.reason,
+            point_mask_sha256=point_mask_sha256,
+            text_mask_sha256=text_mask_sha256,
         )
 
     @classmethod

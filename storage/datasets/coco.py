@@ -209,7 +209,7 @@ def export_coco(
     ann_q = (
         sa.select(Triplet.id, Triplet.image_id, Triplet.query, Triplet.mask_sha256, Triplet.domain, Triplet.level,
                   Triplet.annotation_id, Annotation.verdict, Image.width, Image.height, Prediction.phrase,
-                  Prediction.model_version)
+                  Prediction.model_version, Triplet.agreement, Triplet.n_annotators, Triplet.adjudicated)
         .join(Annotation, Triplet.annotation_id == Annotation.id)
         .join(Image, Triplet.image_id == Image.id)
         .outerjoin(LabelTask, Annotation.label_task_id == LabelTask.id)
@@ -258,7 +258,8 @@ def export_coco(
                     "area": area, "bbox": bbox, "iscrowd": 0, "query": row.query, "level": row.level,
                     "domain": row.domain, "phrase": row.phrase, "verdict": str(row.verdict),
                     "model_version": row.model_version, "mask_sha256": row.mask_sha256, "triplet_id": row.id,
-                    "annotation_id": row.annotation_id,
+                    "annotation_id": row.annotation_id, "agreement": row.agreement,
+                    "n_annotators": row.n_annotators, "adjudicated": row.adjudicated,
                 }
                 fh.write(("\n" if n_ann == 0 else ",\n") + json.dumps(ann))
                 ref = {

@@ -109,3 +109,55 @@ def prelabel_quality(
             median_lead_time_s=float(statistics.median(a["lead"])) if a["lead"] else None, n_iou=len(a["ious"]),
         ))
     return out
+
+
+# --- agreement between annotators (storage.consensus) ---------------------------------------------------------------
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(float(np.mean(xs)), 4) if xs else None
+
+
+def consensus_quality(session: Session) -> dict[str, list[dict[str, Any]]]:
+    """Agreement per domain x level and per annotator, from the stored consensus (``item_consensus``).
+
+    ``by_stratum`` (one row per domain x level): items with a consensus row, how many had several annotators, mean
+    ``agreement`` / pairwise ``mask_iou`` / ``boundary_f`` / ``verdict_agreement`` over the multi-annotator items, and
+    how many wait for or went through adjudication. ``by_annotator``: live annotations, and the mean IoU of the
+    annotator's masks against their items' consensus (``Annotation.iou_vs_consensus``; a vote against an accepted
+    consensus counts 0) over the items where a consensus was compared.
+    """
+    from storage.models import Item, ItemConsensus
+
+    strata: dict[tuple[str, str], dict[str, Any]] = {}
+    q = sa.select(Item.domain, Item.level, ItemConsensus).join(ItemConsensus, ItemConsensus.item_id == Item.id)
+    for domain, level, c in session.execute(q.execution_options(yield_per=1000)):
+        a = strata.setdefault((domain or "(none)", level or "L?"), {
+            "n_items": 0, "n_multi": 0, "agreement": [], "mask_iou": [], "boundary_f": [], "verdict_agreement": [],
+            "adjudication": 0, "adjudicated": 0, "pending": 0})  # fmt: skip
+        a["n_items"] += 1
+        a["adjudication"] += c.state == "adjudication"
+        a["adjudicated"] += c.state == "adjudicated"
+        a["pending"] += c.state == "pending"
+        if c.n_annotators >= 2:
+            a["n_multi"] += 1
+            for k in ("agreement", "mask_iou", "boundary_f", "verdict_agreement"):
+                if getattr(c, k) is not None:
+                    a[k].append(float(getattr(c, k)))
+    by_stratum = [
+        {"domain": d, "level": lv, **{k: (_mean(v) if isinstance(v, list) else v) for k, v in a.items()}}
+        for (d, lv), a in sorted(strata.items())
+    ]
+    people: dict[str, dict[str, Any]] = {}
+    q2 = sa.select(Annotation.annotator, Annotation.iou_vs_consensus).where(Annotation.retracted.is_(False))
+    for who, iou in session.execute(q2.execution_options(yield_per=1000)):
+        p = people.setdefault(who or "(unknown)", {"n_annotations": 0, "ious": []})
+        p["n_annotations"] += 1
+        if iou is not None:
+            p["ious"].append(float(iou))
+    by_annotator = [
+        {"annotator": who, "n_annotations": p["n_annotations"], "n_compared": len(p["ious"]),
+         "mean_iou_vs_consensus": _mean(p["ious"])}
+        for who, p in sorted(people.items())
+    ]  # fmt: skip
+    return {"by_stratum": by_stratum, "by_annotator": by_annotator}

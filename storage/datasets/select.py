@@ -50,7 +50,9 @@ def find_snapshot(session: Session, ref: str) -> Snapshot:
 @dataclass(frozen=True)
 class DatasetFilter:
     """Filters of an export: a snapshot (``NAME`` or ``NAME@VERSION``), domains, levels, a creation-date range
-    ``[since, until)`` (timezone-aware) and the model version whose pre-label the annotator saw."""
+    ``[since, until)`` (timezone-aware), the model version whose pre-label the annotator saw, and consensus:
+    ``min_agreement`` (storage.consensus agreement; single-annotator items have none and fail it; an adjudicated item
+    passes -- a reviewer's decision is final) and ``min_annotators`` (annotators behind the decision)."""
 
     snapshot: str | None = None
     domains: tuple[str, ...] = ()
@@ -58,8 +60,14 @@ class DatasetFilter:
     since: datetime | None = None
     until: datetime | None = None
     model_version: str | None = None
+    min_agreement: float | None = None
+    min_annotators: int | None = None
 
     def __post_init__(self) -> None:
+        if self.min_agreement is not None and not 0.0 <= float(self.min_agreement) <= 1.0:
+            raise SelectionError(f"min_agreement must lie in [0, 1], got {self.min_agreement}")
+        if self.min_annotators is not None and int(self.min_annotators) < 1:
+            raise SelectionError(f"min_annotators must be >= 1, got {self.min_annotators}")
         object.__setattr__(self, "domains", tuple(self.domains or ()))
         object.__setattr__(self, "levels", tuple(self.levels or ()))
         bad = [lv for lv in self.levels if lv not in LEVELS]
@@ -79,6 +87,7 @@ class DatasetFilter:
             "snapshot": self.snapshot, "domains": list(self.domains), "levels": list(self.levels),
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None, "model_version": self.model_version,
+            "min_agreement": self.min_agreement, "min_annotators": self.min_annotators,
         }
 
 
@@ -110,13 +119,17 @@ def triplet_ids(session: Session, f: DatasetFilter) -> sa.Select:
         q = q.where(Triplet.created_at < f.until)
     if f.model_version:
         q = q.where(Triplet.annotation_id.in_(_prelabel_version_ids(f.model_version)))
+    if f.min_agreement is not None:
+        q = q.where(sa.or_(Triplet.agreement >= f.min_agreement, Triplet.adjudicated.is_(True)))
+    if f.min_annotators is not None:
+        q = q.where(Triplet.n_annotators >= f.min_annotators)
     return q.order_by(Triplet.id)
 
 
 def no_target_annotation_ids(session: Session, f: DatasetFilter) -> sa.Select | None:
     """A SELECT of ids of live "no target" annotations that pass ``f`` (None for snapshot exports: snapshots hold
     triplets only). Domain and level come from the item."""
-    from storage.models import Item
+    from storage.models import Item, ItemConsensus
 
     if f.snapshot:
         return None
@@ -135,6 +148,13 @@ def no_target_annotation_ids(session: Session, f: DatasetFilter) -> sa.Select | 
         q = q.where(Annotation.created_at < f.until)
     if f.model_version:
         q = q.where(Annotation.id.in_(_prelabel_version_ids(f.model_version)))
+    if f.min_agreement is not None or f.min_annotators is not None:
+        c = sa.select(ItemConsensus.annotation_id).where(ItemConsensus.annotation_id.is_not(None))
+        if f.min_agreement is not None:
+            c = c.where(sa.or_(ItemConsensus.agreement >= f.min_agreement, ItemConsensus.state == "adjudicated"))
+        if f.min_annotators is not None:
+            c = c.where(ItemConsensus.n_annotators >= f.min_annotators)
+        q = q.where(Annotation.id.in_(c))  # the deciding "no target" annotation of a consensus that passes
     return q.order_by(Annotation.id)
 
 

@@ -191,7 +191,7 @@ def materialize(
     q = (
         sa.select(SnapshotMember.triplet_id, SnapshotMember.split, SnapshotMember.mask_sha256, Triplet.query,
                   Triplet.domain, Triplet.level, Image.id, Image.sha256, Image.uri, Image.width, Image.height,
-                  Image.format)
+                  Image.format, SnapshotMember.agreement, SnapshotMember.n_annotators, SnapshotMember.adjudicated)
         .join(Triplet, SnapshotMember.triplet_id == Triplet.id).join(Image, Triplet.image_id == Image.id)
         .where(SnapshotMember.snapshot_id == snap.id).order_by(SnapshotMember.triplet_id)
     )
@@ -209,9 +209,11 @@ def materialize(
             annotations.setdefault(domain, []).append({
                 "id": r.triplet_id, "file_name": f"images/{name}", "mask_path": f"masks/{r.triplet_id}.png",
                 "height": r.height, "width": r.width, "difficulty": level, "question": r.query,
+                "agreement": r.agreement, "n_annotators": r.n_annotators, "adjudicated": r.adjudicated,
             })
             members.append({"triplet_id": r.triplet_id, "split": r.split, "image_sha256": r.sha256,
-                            "mask_sha256": r.mask_sha256})
+                            "mask_sha256": r.mask_sha256, "agreement": r.agreement,
+                            "n_annotators": r.n_annotators, "adjudicated": r.adjudicated})
             counts[(domain, level)] += 1
             if progress:
                 progress(i, len(rows))

@@ -11,13 +11,15 @@ Conflict rules:
 * prediction (item, model_version): a stored *failed* prediction is replaced by a new one; a successful one is kept.
 * label task (project, item): updated to the newest push (task id, pushed prediction).
 * annotation (ls_annotation_id): updated when the incoming ``updated_at`` is newer (Label Studio edits); then the
-  item's status and triplet are recomputed from its deciding annotation (the newest non-retracted one).
+  item's status and triplet are recomputed from the consensus of its live annotations (storage.consensus: with the
+  default overlap 1, the newest non-retracted one).
 
 Modules:
 * :mod:`storage.repo.images`      -- images and items
 * :mod:`storage.repo.predictions` -- predictions
 * :mod:`storage.repo.labeling`    -- Label Studio projects and tasks
-* :mod:`storage.repo.annotations` -- annotations, item decisions, triplets, watermarks
+* :mod:`storage.repo.annotations` -- annotations, item decisions (consensus), triplets, watermarks
+* :mod:`storage.repo.consensus`   -- project consensus settings, per-item consensus rows, the adjudication queue
 * :mod:`storage.repo.snapshots`   -- snapshots
 * :mod:`storage.repo.counts`      -- counts
 
@@ -39,6 +41,14 @@ from storage.repo.annotations import (
     upsert_triplets,
 )
 from storage.repo.base import CHUNK
+from storage.repo.consensus import (
+    AdjudicationCase,
+    adjudication_cases,
+    adjudication_queue,
+    item_consensus,
+    review_project_of,
+    set_project_consensus,
+)
 from storage.repo.counts import (
     count_rows,
     item_status_counts,
@@ -73,9 +83,12 @@ from storage.repo.snapshots import (
 )
 
 __all__ = [
+    "AdjudicationCase",
     "CHUNK",
     "SnapshotConflictError",
     "accepted_triplets",
+    "adjudication_cases",
+    "adjudication_queue",
     "advance_watermark",
     "annotations_since",
     "count_rows",
@@ -84,6 +97,7 @@ __all__ = [
     "get_snapshot",
     "get_watermark",
     "image_by_sha",
+    "item_consensus",
     "item_status_counts",
     "items_awaiting_prediction",
     "label_task_by_ls_id",
@@ -94,7 +108,9 @@ __all__ = [
     "record_label_tasks",
     "redecide_items",
     "retract_annotations",
+    "review_project_of",
     "set_item_status",
+    "set_project_consensus",
     "snapshot_manifest",
     "upsert_annotation",
     "upsert_annotations",

@@ -9,9 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, joinedload
 
+from storage.blobs import BlobStore
+from storage.consensus import DEFAULT_INLIER_IOU, DEFAULT_MIN_AGREEMENT, Vote, decide
+from storage.maskcodec import decode_mask
 from storage.models import (
     VERDICT_STATUS,
     Annotation,
+    Image,
     Item,
     ItemStatus,
     LabelProject,
@@ -24,10 +28,13 @@ from storage.models import (
 )
 from storage.records import AnnotationRecord, TripletRecord
 from storage.repo.base import check_records, chunked, dialect_insert, row_locks
+from storage.repo.consensus import upsert_item_consensus
 from storage.repo.snapshots import get_snapshot
 
 
-def upsert_annotations(session: Session, records: Sequence[AnnotationRecord]) -> dict[int, int]:
+def upsert_annotations(
+    session: Session, records: Sequence[AnnotationRecord], blobs: BlobStore | None = None
+) -> dict[int, int]:
     """Store annotations (a newer ``updated_at`` replaces the stored one) and re-decide the items they touch.
 
     Returns ``{ls_annotation_id: annotation id}``. Each touched item's status follows its deciding annotation and
@@ -67,7 +74,7 @@ def upsert_annotations(session: Session, records: Sequence[AnnotationRecord]) ->
     for chunk in chunked(rows):
         session.execute(stmt, chunk)
     session.expire_all()
-    redecide_items(session, sorted({row["item_id"] for row in rows}))
+    redecide_items(session, sorted({row["item_id"] for row in rows}), blobs)
     out: dict[int, int] = {}
     ids = sorted(uniq)
     for chunk in chunked(ids):
@@ -76,11 +83,13 @@ def upsert_annotations(session: Session, records: Sequence[AnnotationRecord]) ->
     return out
 
 
-def upsert_annotation(session: Session, record: AnnotationRecord) -> int:
-    return upsert_annotations(session, [record])[record.ls_annotation_id]
+def upsert_annotation(session: Session, record: AnnotationRecord, blobs: BlobStore | None = None) -> int:
+    return upsert_annotations(session, [record], blobs)[record.ls_annotation_id]
 
 
-def retract_annotations(session: Session, ls_annotation_ids: Iterable[int]) -> int:
+def retract_annotations(
+    session: Session, ls_annotation_ids: Iterable[int], blobs: BlobStore | None = None
+) -> int:
     """Mark annotations deleted in Label Studio as retracted and re-decide their items; returns how many changed."""
     ids = sorted({int(i) for i in ls_annotation_ids})
     if not ids:
@@ -98,7 +107,7 @@ def retract_annotations(session: Session, ls_annotation_ids: Iterable[int]) -> i
         changed += len(rows)
         items.update(r[0] for r in rows)
     session.expire_all()
-    redecide_items(session, sorted(items))
+    redecide_items(session, sorted(items), blobs)
     return changed
 
 
@@ -112,8 +121,63 @@ def deciding_annotation(session: Session, item_id: int) -> Annotation | None:
     ).one_or_none()
 
 
-def redecide_items(session: Session, item_ids: Sequence[int]) -> None:
-    """Bring each item's status and triplet in line with its deciding annotation (see the state machine).
+def _item_settings(session: Session, chunk: Sequence[int]) -> dict[int, tuple[int, float]]:
+    """(required overlap, min agreement) per item: of its labeling project with the highest overlap."""
+    rows = session.execute(
+        sa.select(LabelTask.item_id, LabelProject.overlap, LabelProject.min_agreement)
+        .join(LabelProject, LabelTask.label_project_id == LabelProject.id)
+        .where(LabelTask.item_id.in_(chunk), LabelProject.role != "review")
+    ).all()
+    out: dict[int, tuple[int, float]] = {}
+    for r in rows:
+        cur = out.get(r.item_id)
+        if cur is None or int(r.overlap) > cur[0]:
+            out[r.item_id] = (int(r.overlap), float(r.min_agreement))
+    return out
+
+
+def _votes(
+    session: Session, chunk: Sequence[int], shapes: dict[int, tuple[int, int]], required: dict[int, int],
+    blobs: BlobStore | None,
+) -> tuple[dict[int, list[Vote]], dict[int, Any]]:
+    """Live votes per item (masks decoded only where the consensus needs them) and the annotation rows by id."""
+    live = session.execute(
+        sa.select(
+            Annotation.id, Annotation.item_id, Annotation.verdict, Annotation.mask_sha256, Annotation.updated_at,
+            Annotation.annotator, Annotation.iou_vs_consensus, LabelProject.role,
+        )
+        .join(LabelTask, Annotation.label_task_id == LabelTask.id)
+        .join(LabelProject, LabelTask.label_project_id == LabelProject.id)
+        .where(Annotation.item_id.in_(chunk), Annotation.retracted.is_(False))
+    ).all()
+    per_item: dict[int, list[Any]] = {}
+    for a in live:
+        per_item.setdefault(a.item_id, []).append(a)
+    votes: dict[int, list[Vote]] = {}
+    for iid, anns in per_item.items():
+        multi = len(anns) >= 2 or any(a.role == "review" for a in anns)
+        need = multi and (required.get(iid, 1) >= 2 or any(a.role == "review" for a in anns))
+        if need and blobs is None:
+            raise ValueError(f"item {iid}: its consensus compares masks, pass the blob store (blobs=...)")
+        out = []
+        for a in anns:
+            mask = None
+            if multi and blobs is not None and a.mask_sha256:
+                mask = decode_mask(blobs.get(a.mask_sha256), shape=shapes[iid])
+            out.append(Vote(a.id, Verdict(a.verdict).value, a.updated_at, a.annotator, mask, a.role == "review"))
+        votes[iid] = out
+    return votes, {a.id: a for a in live}
+
+
+def redecide_items(
+    session: Session, item_ids: Sequence[int], blobs: BlobStore | None = None, *, inlier_iou: float = DEFAULT_INLIER_IOU
+) -> None:
+    """Bring each item's status, consensus row and triplet in line with the consensus of its live annotations.
+
+    The rule is :func:`storage.consensus.decide`: in a project with overlap 1 the newest live annotation decides (as
+    before consensus); with overlap N >= 2 the item stays ``in_review`` until N annotators voted, then the verdict
+    majority and the medoid mask decide, or the item waits in the adjudication queue; a reviewer's annotation (in the
+    project's review project) is final. ``blobs`` is needed where masks are compared (several live annotations).
 
     Set-based: one query for the items, one for their live annotations, then bulk updates -- so a sync of
     thousands of annotations costs a few statements per 500 items, not a few per item.
@@ -122,37 +186,54 @@ def redecide_items(session: Session, item_ids: Sequence[int]) -> None:
     for chunk in chunked(sorted(set(item_ids))):
         q = sa.select(Item).where(Item.id.in_(chunk)).order_by(Item.id)
         items = list(session.scalars(q.with_for_update() if lock else q))
-        live = session.execute(
-            sa.select(
-                Annotation.id, Annotation.item_id, Annotation.verdict, Annotation.mask_sha256, Annotation.updated_at
-            ).where(Annotation.item_id.in_(chunk), Annotation.retracted.is_(False))
-        ).all()
-        decider: dict[int, Any] = {}
-        for a in live:
-            best = decider.get(a.item_id)
-            if best is None or (a.updated_at, a.id) > (best.updated_at, best.id):
-                decider[a.item_id] = a
+        settings = _item_settings(session, chunk)
+        shapes = {
+            r.id: (int(r.height), int(r.width))
+            for r in session.execute(
+                sa.select(Item.id, Image.height, Image.width).join(Image).where(Item.id.in_(chunk))
+            )
+        }
+        votes, rows = _votes(session, chunk, shapes, {k: v[0] for k, v in settings.items()}, blobs)
         triplets: list[dict[str, Any]] = []
+        cons_rows: list[dict[str, Any]] = []
+        iou_updates: list[dict[str, Any]] = []
         for item in items:
-            d = decider.get(item.id)
-            target = VERDICT_STATUS[Verdict(d.verdict)] if d is not None else ItemStatus.IN_REVIEW
+            required, min_agreement = settings.get(item.id, (1, DEFAULT_MIN_AGREEMENT))
+            c = decide(votes.get(item.id, []), required=required, min_agreement=min_agreement, inlier_iou=inlier_iou)
+            target = VERDICT_STATUS[Verdict(c.verdict)] if c.decided else ItemStatus.IN_REVIEW
             if item.status != target:
                 if item.status != ItemStatus.IN_REVIEW:
                     transition(item, ItemStatus.IN_REVIEW)
                 transition(item, target)
-            if d is not None and d.verdict == Verdict.ACCEPT:
+            cons_rows.append({
+                "item_id": item.id, "state": c.state.value, "n_annotators": c.n_annotators, "required": c.required,
+                "verdict": c.verdict, "annotation_id": c.annotation_id, "verdict_agreement": c.verdict_agreement,
+                "mask_iou": c.mask_iou, "boundary_f": c.boundary_f, "agreement": c.agreement, "support": c.support,
+                "reason": c.reason,
+            })  # fmt: skip
+            for v in votes.get(item.id, []):
+                value = c.iou_vs_consensus.get(v.annotation_id)
+                if rows[v.annotation_id].iou_vs_consensus != value:
+                    iou_updates.append({"id": v.annotation_id, "iou_vs_consensus": value})
+            if c.decided and c.verdict == Verdict.ACCEPT:
                 triplets.append(
                     {
-                        "annotation_id": d.id,
+                        "annotation_id": c.annotation_id,
                         "item_id": item.id,
                         "image_id": item.image_id,
                         "query": item.query,
-                        "mask_sha256": d.mask_sha256,
+                        "mask_sha256": rows[c.annotation_id].mask_sha256,
                         "domain": item.domain,
                         "level": item.level,
+                        "agreement": c.agreement,
+                        "n_annotators": c.n_annotators,
+                        "adjudicated": c.adjudicated,
                     }
                 )
         session.flush()
+        if iou_updates:
+            session.execute(sa.update(Annotation), iou_updates)
+        upsert_item_consensus(session, cons_rows)
         keep = [t["annotation_id"] for t in triplets] or [-1]
         session.execute(
             sa.update(Triplet)
@@ -175,12 +256,16 @@ def _upsert_triplet_rows(session: Session, rows: list[dict[str, Any]]) -> None:
             "query": ins.excluded.query,
             "domain": ins.excluded.domain,
             "level": ins.excluded.level,
+            "agreement": ins.excluded.agreement,
+            "n_annotators": ins.excluded.n_annotators,
+            "adjudicated": ins.excluded.adjudicated,
             "withdrawn": sa.false(),
         },
     )
     now = utcnow()
+    base = {"agreement": None, "n_annotators": 1, "adjudicated": False}
     for chunk in chunked(rows):
-        session.execute(stmt, [{**r, "withdrawn": False, "created_at": now} for r in chunk])
+        session.execute(stmt, [{**base, **r, "withdrawn": False, "created_at": now} for r in chunk])
 
 
 def upsert_triplets(session: Session, records: Sequence[TripletRecord]) -> dict[int, int]:

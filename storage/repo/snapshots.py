@@ -51,7 +51,8 @@ def create_snapshot(
     if not pairs:
         raise ValueError("a snapshot needs at least one triplet")
     rows = session.execute(
-        sa.select(Triplet.id, Image.sha256, Triplet.mask_sha256, Triplet.withdrawn)
+        sa.select(Triplet.id, Image.sha256, Triplet.mask_sha256, Triplet.withdrawn, Triplet.agreement,
+                  Triplet.n_annotators, Triplet.adjudicated)
         .join(Image, Image.id == Triplet.image_id)
         .where(Triplet.id.in_(list(pairs)))
     ).all()
@@ -74,7 +75,11 @@ def create_snapshot(
             )
         return existing
     snap = Snapshot(name=name, version=str(version), manifest_sha256=digest, description=description, params=params)
-    snap.members = [SnapshotMember(**e) for e in sorted(entries, key=lambda e: e["triplet_id"])]
+    snap.members = [  # consensus figures frozen beside the hashes (not part of the manifest digest)
+        SnapshotMember(**e, agreement=found[e["triplet_id"]][4], n_annotators=found[e["triplet_id"]][5],
+                       adjudicated=found[e["triplet_id"]][6])
+        for e in sorted(entries, key=lambda e: e["triplet_id"])
+    ]
     session.add(snap)
     session.flush()
     return snap

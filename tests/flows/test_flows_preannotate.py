@@ -74,6 +74,8 @@ def test_predicts_only_missing_and_stores_masks(prefect_harness, tmp_path):
             mask = decode_mask(rt.blobs.get(p.mask_sha256))
             assert mask.shape == (img.height, img.width) and int(mask.sum()) == p.mask_area > 0
             assert p.route == "intersection" and p.score == 1.0 and p.error is None
+            pt, txt = (decode_mask(rt.blobs.get(x)) for x in (p.point_mask_sha256, p.text_mask_sha256))
+            assert np.array_equal(pt & txt, mask)  # both route masks stored (geolabel calibrate re-fuses them)
             assert item.status == ItemStatus.PREDICTED
 
 
