@@ -79,7 +79,7 @@ class DisplayImages:
         self.s3 = str(rt.settings.blob_url).startswith("s3://")
         self.root = imagery_root(rt.settings)
         self.dir = Path(rt.settings.data_dir).resolve() / DISPLAY_DIR
-        self.resolver = ImageUrlResolver(self.root)
+        self.resolver = ImageUrlResolver([self.dir, self.root], document_root=self.root.parent)
         self._by_uri: dict[str, str] = {}
 
     def _rendition(self, sha: str, uri: str, fmt: str | None) -> tuple[bytes, str]:
@@ -115,11 +115,13 @@ class DisplayImages:
                 continue
             try:
                 if self.s3:
+                    from labeling.storages import s3_blob_uri  # s3:// URIs: the project's S3 storage presigns on view
+
                     if fmt in BROWSER_FORMATS and self.rt.blobs.exists(sha):
-                        self._by_uri[uri] = self.rt.blobs.url(sha, expires=7 * 24 * 3600)
+                        self._by_uri[uri] = self.resolver(s3_blob_uri(self.rt.blobs, sha))
                         continue
                     data, _ext = self._rendition(sha, uri, fmt)
-                    self._by_uri[uri] = self.rt.blobs.url(self.rt.blobs.put(data), expires=7 * 24 * 3600)
+                    self._by_uri[uri] = self.resolver(s3_blob_uri(self.rt.blobs, self.rt.blobs.put(data)))
                     continue
                 existing = [self.dir / f"{sha}{ext}" for ext in (".png", ".jpg")]
                 path = next((p for p in existing if p.is_file()), None)
@@ -182,6 +184,9 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         display = DisplayImages(rt)
         for uri, err in display.prepare([tuple(r) for r in images]):
             log.warning("push: no displayable rendition for %s: %s", uri, err)
+        from labeling.storages import S3Connection
+
+        display.resolver.needs.ensure(client, handle.ls_project_id, S3Connection.from_settings(rt.settings))
         setup_s = time.perf_counter() - t0
         rep = push_predictions(
             client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs
