@@ -6,6 +6,7 @@ annotations kept), checked after that link's would-be expiry."""
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import time
 import uuid
@@ -61,8 +62,9 @@ def test_local_files_storage_per_imagery_root(labelstudio_server, tmp_path):
 
 
 def test_s3_storage_presigns_at_view_time_and_migrates_old_links(
-    labelstudio_server, moto_server, s3_client, s3_bucket, monkeypatch
+    labelstudio_server, moto_server, s3_client, s3_bucket, monkeypatch, capsys, tmp_path
 ):
+    from flows.cli import main
     from labeling.push import ImageUrlResolver
     from labeling.storages import S3Connection, migrate_project_images, s3_storages, unresolved_uri
     from tests.fixtures.storage import MOTO_CREDENTIALS
@@ -87,8 +89,14 @@ def test_s3_storage_presigns_at_view_time_and_migrates_old_links(
     ann = ls.client.create_annotation(old_tid, [{"from_name": "verdict", "to_name": "image", "type": "choices",
                                                  "value": {"choices": ["accept"]}}])
 
-    rep = migrate_project_images(ls.client, pid, s3=conn)
-    assert (rep.updated, rep.already, rep.failed) == (1, 1, []), rep
+    # the command a user runs: `geolabel storages migrate --project TITLE --json`
+    monkeypatch.setenv("GEOLABEL_LABEL_STUDIO_URL", ls.url)
+    monkeypatch.setenv("LABEL_STUDIO_USER_TOKEN", ls.token)
+    monkeypatch.setenv("GEOLABEL_S3_ENDPOINT_URL", moto_server)
+    title = ls.client.get_project(pid)["title"]
+    main(["storages", "migrate", "--project", title, "--presign-ttl", "1", "--json", "--data-dir", str(tmp_path)])
+    rep = json.loads(capsys.readouterr().out)[title]
+    assert (rep["updated"], rep["already"], rep["failed"]) == (1, 1, []), rep
     assert len(s3_storages(ls.client, pid)) == 1  # the existing storage was found, not duplicated
     again = migrate_project_images(ls.client, pid, s3=conn)
     assert (again.updated, again.already) == (0, 2)
