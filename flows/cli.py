@@ -52,6 +52,7 @@ _COMMAND_MODULES: list[str] = [
     "flows.cli_labelstudio",
     "flows.cli_ml",
     "flows.cli_storage",
+    "flows.cli_prefect",
 ]
 
 

@@ -25,6 +25,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.ingest import _logger
+from flows.prefect_server import publish_report
 from flows.runtime import Runtime, open_runtime, settings_from
 
 DISPLAY_DIR = "display"
@@ -266,6 +267,7 @@ def push_flow(
         summary.label_studio_url,
         summary.ls_project_id,
     )
+    publish_report("push", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary
 
 
@@ -282,4 +284,5 @@ def sync_flow(
         summary.retracted,
         len(summary.malformed),
     )
+    publish_report("sync", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary
