@@ -467,7 +467,9 @@ def configure_console(data_dir: str | Path, *, verbose: bool = False, names: Seq
     for name in names:
         lg = logging.getLogger(name)
         lg.addHandler(fh)
-        if lg.level in (logging.NOTSET,) or lg.level > logging.INFO:
+        if name in ("httpx", "httpcore") and not verbose:
+            lg.setLevel(logging.WARNING)  # one line per request: not even for the log file
+        elif lg.level == logging.NOTSET or lg.level > logging.INFO:
             lg.setLevel(logging.INFO)
         for h in lg.handlers:
             if h is not fh and isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
