@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from labeling.brush import mask_to_rle
 from labeling.client import LabelStudioClient, LabelStudioUnavailableError
+from labeling.polygons import prelabel_result
 from labeling.project import IMAGE_TO, MASK_FROM, TARGET_LABEL, ProjectHandle
 from storage import repo
 from storage.blobs import BlobStore
@@ -199,15 +200,18 @@ class PushJob:
         )
 
 
-def job_payload(job: PushJob, blobs: BlobStore, image_url: Callable[[str], str]) -> dict[str, Any]:
-    """The Label Studio task (data + one prediction) of ``job``.
+def job_payload(
+    job: PushJob, blobs: BlobStore, image_url: Callable[[str], str], region_format: str = "brush"
+) -> dict[str, Any]:
+    """The Label Studio task (data + one prediction) of ``job``; the pre-label as a brush region (default) or as
+    polygons (``region_format="polygon"``, :mod:`labeling.polygons`).
 
     The stored mask is decoded in whatever memory order is cheapest (COCO RLE comes out Fortran-ordered) and brush
     encoded from that without a transpose: the same bytes as from the C-ordered mask.
     """
     if job.mask_sha256:
         mask = decode_mask(blobs.get(job.mask_sha256), shape=(job.height, job.width), contiguous=False)
-        result = brush_result(mask)
+        result = brush_result(mask) if region_format == "brush" else prelabel_result(mask, region_format)
     else:
         result = []
     prediction: dict[str, Any] = {"model_version": job.model_version, "result": result}
@@ -225,7 +229,7 @@ def job_payload(job: PushJob, blobs: BlobStore, image_url: Callable[[str], str])
 
 
 def _build_batch(
-    batch: list[PushJob], blobs: BlobStore, image_url: Callable[[str], str]
+    batch: list[PushJob], blobs: BlobStore, image_url: Callable[[str], str], region_format: str = "brush"
 ) -> tuple[list[dict[str, Any]], list[PushJob], list[tuple[int, str]]]:
     """Payloads of one batch: (tasks, their jobs, (item id, reason) of the items whose payload failed)."""
     tasks: list[dict[str, Any]] = []
@@ -233,7 +237,7 @@ def _build_batch(
     failed: list[tuple[int, str]] = []
     for job in batch:
         try:
-            tasks.append(job_payload(job, blobs, image_url))
+            tasks.append(job_payload(job, blobs, image_url, region_format))
             sent.append(job)
         except Exception as exc:  # a missing blob, an image outside the root: recorded, the batch goes on
             failed.append((job.item_id, f"{type(exc).__name__}: {exc}"))
@@ -270,12 +274,13 @@ def _submit(
     k: int,
     blobs: BlobStore,
     image_url: Callable[[str], str],
+    region_format: str = "brush",
 ) -> Any:
     if k >= len(batches):
         return _Done(([], [], []))
     if pool is None:
-        return _Done(_build_batch(batches[k], blobs, image_url))
-    return pool.submit(_build_batch, batches[k], blobs, image_url)
+        return _Done(_build_batch(batches[k], blobs, image_url, region_format))
+    return pool.submit(_build_batch, batches[k], blobs, image_url, region_format)
 
 
 def _import_batch(
@@ -331,14 +336,18 @@ def push_predictions(
     limit: int | None = None,
     overlap: bool = True,
     pending: Sequence[PushJob] | None = None,
+    region_format: str = "brush",
 ) -> PushReport:
     """Push every prediction of ``model_version`` not yet in the project; commits after each batch.
 
     ``overlap``: build the next batch's payloads in a worker thread while the current import is in flight (same
     requests, same order, same records; ``False`` builds them in this thread). ``pending``: ``PushJob.of`` of the
     rows of ``repo.predictions_awaiting_push(session, project.label_project_id, model_version)`` when the caller has
-    just read them (saves the query; ``limit`` is then not applied).
+    just read them (saves the query; ``limit`` is then not applied). ``region_format``: ``brush`` (RLE, exact) or
+    ``polygon`` (editable vertices; see :mod:`labeling.polygons` for the tolerance and the holes limitation).
     """
+    if region_format not in ("brush", "polygon"):
+        raise ValueError(f"region_format must be 'brush' or 'polygon', got {region_format!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
@@ -362,7 +371,7 @@ def push_predictions(
         versions = {str(x.get("model_version")) for x in client.task_predictions(int(task["id"]))}
         if model_version not in versions:
             try:
-                payload = job_payload(job, blobs, image_url)["predictions"][0]
+                payload = job_payload(job, blobs, image_url, region_format)["predictions"][0]
                 made = client.create_prediction(int(task["id"]), payload["result"], model_version, job.score)
                 records.append(
                     LabelTaskRecord(project.label_project_id, iid, int(task["id"]), job.prediction_id, made.get("id"))
@@ -383,10 +392,10 @@ def push_predictions(
     # request is in flight; imports, database writes and commits stay in this thread, in order.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-payloads") if overlap else None
     try:
-        upcoming = _submit(pool, batches, 0, blobs, image_url)
+        upcoming = _submit(pool, batches, 0, blobs, image_url, region_format)
         for k in range(len(batches)):
             tasks, sent, failed = upcoming.result()
-            upcoming = _submit(pool, batches, k + 1, blobs, image_url)
+            upcoming = _submit(pool, batches, k + 1, blobs, image_url, region_format)
             report.failed.extend(failed)
             if not tasks:
                 continue
