@@ -16,6 +16,7 @@ URLs. Masks refer to the rendition's pixel grid, which is the image's own.
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,7 +191,8 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         display.resolver.needs.ensure(client, handle.ls_project_id, S3Connection.from_settings(rt.settings))
         setup_s = time.perf_counter() - t0
         rep = push_predictions(
-            client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs
+            client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs,
+            region_format=os.environ.get("GEOLABEL_PRELABEL_FORMAT", "brush"),  # brush | polygon (labeling.polygons)
         )
         session.commit()
     for item_id, msg in rep.failed[:20]:
