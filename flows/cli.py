@@ -52,6 +52,8 @@ _COMMAND_MODULES: list[str] = [
     "flows.cli_labelstudio",
     "flows.cli_ml",
     "flows.cli_calibrate",
+    "flows.cli_storage",
+    "flows.cli_prefect",
 ]
 
 

@@ -56,7 +56,11 @@ def quiet_prefect_tracebacks() -> None:
 
 def overrides_for(data_dir: Path | None) -> dict[str, Any]:
     quiet_prefect_tracebacks()
-    return {"data_dir": str(data_dir)} if data_dir else {}
+    ov = {"data_dir": str(data_dir)} if data_dir else {}
+    from flows.prefect_server import prepare_command  # the data dir's Prefect server; library noise to a log file
+
+    prepare_command(ov)
+    return ov
 
 
 def _console() -> Any:
@@ -388,9 +392,12 @@ def register(app: typer.Typer) -> None:
         """The whole loop on embedded defaults over real aerial imagery (tiny models, simulated annotator)."""
         from flows.demo import print_summary, run_demo
 
-        quiet_prefect_tracebacks()
+        overrides_for(data_dir)
         res = run_demo(data_dir, start_label_studio=start_label_studio, seed=seed, echo=typer.echo)
         print_summary(res, echo=typer.echo)
+        from flows.prefect_server import prefect_ui_line
+
+        typer.echo(prefect_ui_line())
 
     @app.command("status")
     def status(

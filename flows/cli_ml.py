@@ -32,7 +32,10 @@ def load_geoseg_model(profile: str) -> Any:
         return Suggestion(res.mask, res.model_version, _score(res), res.route, res.reason)
 
     warning = TINY_MODEL_WARNING if getattr(pipeline, "is_meaningless", False) else None
-    return ModelHandle(suggest=suggest, model_version=pipeline.model_version, warning=warning)
+    from flows.smart_tools import smart_prompt_handler  # Label Studio's smart tools (a click, a box): SAM3 prompts
+
+    return ModelHandle(suggest=suggest, model_version=pipeline.model_version, warning=warning,
+                       prompt=smart_prompt_handler(pipeline))
 
 
 def connect_ml_backend(client: Any, ls_project_id: int, url: str, title: str = "GeoSeg") -> dict[str, Any]:

@@ -23,6 +23,7 @@ from flows.ingest import IngestReport, ingest_flow
 from flows.intake import IntakeSummary, intake_flow
 from flows.labeling_flows import PushSummary, SyncSummary, push_flow, sync_flow
 from flows.preannotate import PreannotateReport, preannotate_flow
+from flows.prefect_server import publish_report
 
 
 @dataclass(frozen=True)
@@ -73,4 +74,6 @@ def label_cycle_flow(
         batch_size=push_batch_size,
     )
     synced = sync_flow(settings_overrides=settings_overrides, project_title=project_title)
-    return CycleReport(ing, pre, pushed, synced, took)
+    report = CycleReport(ing, pre, pushed, synced, took)
+    publish_report("label-cycle", report)  # counts of every stage, failures, links (flows.prefect_server)
+    return report

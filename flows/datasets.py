@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.prefect_server import publish_report
 from flows.runtime import open_runtime, settings_from
 
 
@@ -89,6 +90,7 @@ def export_flow(
     summary = export_coco_task(settings_overrides, out_dir, f, images)
     _logger().info("COCO export: %(annotations)d annotations, %(images)d images, %(no_target)d no-target -> %(path)s",
                    summary)
+    publish_report("export-coco", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary
 
 
@@ -143,6 +145,7 @@ def snapshot_flow(
     info = create_snapshot_task(settings_overrides, name, str(snapshots_root(settings, out_root)), f, strat, limit,
                                 description)
     _logger().info("snapshot %(ref)s: %(triplets)d triplets -> %(path)s", info)
+    publish_report("snapshot", info)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return info
 
 
@@ -275,4 +278,5 @@ def evaluate_flow(
     }
     log.info("evaluate %s on %s: mIoU %.3f, cIoU %.3f -> %s", profile, bench.name, summary["miou"], summary["ciou"],
              files.html)
+    publish_report("evaluate", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary

@@ -25,6 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.prefect_server import publish_report
 from flows.runtime import Runtime, chunks, open_runtime, settings_from
 
 LEVEL_ALIASES = {"1": "L1", "2": "L2", "3": "L3", "l1": "L1", "l2": "L2", "l3": "L3"}
@@ -398,4 +399,5 @@ def ingest_flow(
         report.items_known,
         len(report.issues),
     )
+    publish_report("ingest", report)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return report

@@ -19,6 +19,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.ingest import _logger
+from flows.prefect_server import publish_report
 from flows.runtime import Runtime, open_runtime, settings_from
 
 
@@ -119,4 +120,5 @@ def intake_flow(
         summary.label_studio_url,
         summary.ls_project_id,
     )
+    publish_report("intake", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary

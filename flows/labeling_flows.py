@@ -16,6 +16,7 @@ URLs. Masks refer to the rendition's pixel grid, which is the image's own.
 from __future__ import annotations
 
 import io
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.ingest import _logger
+from flows.prefect_server import publish_report
 from flows.runtime import Runtime, open_runtime, settings_from
 
 DISPLAY_DIR = "display"
@@ -79,7 +81,7 @@ class DisplayImages:
         self.s3 = str(rt.settings.blob_url).startswith("s3://")
         self.root = imagery_root(rt.settings)
         self.dir = Path(rt.settings.data_dir).resolve() / DISPLAY_DIR
-        self.resolver = ImageUrlResolver(self.root)
+        self.resolver = ImageUrlResolver([self.dir, self.root], document_root=self.root.parent)
         self._by_uri: dict[str, str] = {}
 
     def _rendition(self, sha: str, uri: str, fmt: str | None) -> tuple[bytes, str]:
@@ -115,11 +117,13 @@ class DisplayImages:
                 continue
             try:
                 if self.s3:
+                    from labeling.storages import s3_blob_uri  # s3:// URIs: the project's S3 storage presigns on view
+
                     if fmt in BROWSER_FORMATS and self.rt.blobs.exists(sha):
-                        self._by_uri[uri] = self.rt.blobs.url(sha, expires=7 * 24 * 3600)
+                        self._by_uri[uri] = self.resolver(s3_blob_uri(self.rt.blobs, sha))
                         continue
                     data, _ext = self._rendition(sha, uri, fmt)
-                    self._by_uri[uri] = self.rt.blobs.url(self.rt.blobs.put(data), expires=7 * 24 * 3600)
+                    self._by_uri[uri] = self.resolver(s3_blob_uri(self.rt.blobs, self.rt.blobs.put(data)))
                     continue
                 existing = [self.dir / f"{sha}{ext}" for ext in (".png", ".jpg")]
                 path = next((p for p in existing if p.is_file()), None)
@@ -182,9 +186,13 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         display = DisplayImages(rt)
         for uri, err in display.prepare([tuple(r) for r in images]):
             log.warning("push: no displayable rendition for %s: %s", uri, err)
+        from labeling.storages import S3Connection
+
+        display.resolver.needs.ensure(client, handle.ls_project_id, S3Connection.from_settings(rt.settings))
         setup_s = time.perf_counter() - t0
         rep = push_predictions(
-            client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs
+            client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs,
+            region_format=os.environ.get("GEOLABEL_PRELABEL_FORMAT", "brush"),  # brush | polygon (labeling.polygons)
         )
         session.commit()
     for item_id, msg in rep.failed[:20]:
@@ -261,6 +269,7 @@ def push_flow(
         summary.label_studio_url,
         summary.ls_project_id,
     )
+    publish_report("push", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary
 
 
@@ -277,4 +286,5 @@ def sync_flow(
         summary.retracted,
         len(summary.malformed),
     )
+    publish_report("sync", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary

@@ -33,6 +33,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.ingest import _logger
+from flows.prefect_server import publish_report, stage_progress
 from flows.runtime import Runtime, open_runtime, settings_from
 
 MODEL_CONCURRENCY_LIMIT = "geolabel-model"
@@ -314,8 +315,10 @@ def preannotate_flow(
     predicted = failed = 0
     seconds_model = 0.0
     errors: list[tuple[int, str]] = []
+    progress = stage_progress("preannotate", len(futures))  # a progress artifact, one step per batch
     for f in futures:
         out = f.result()
+        progress.advance()
         seconds_model += out.seconds_model
         predicted += out.predicted
         failed += out.failed
@@ -334,4 +337,5 @@ def preannotate_flow(
         errors=tuple(errors),
     )
     log.info("preannotate: %d predicted, %d failed in %.1f s", predicted, failed, report.seconds)
+    publish_report("preannotate", report)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return report

@@ -60,12 +60,26 @@ class Suggestion:
 
 
 @dataclass(frozen=True)
+class SmartPrompt:
+    """An annotator's smart-tool prompt on one task, in image pixels: clicks (x, y) with labels (1 positive, 0
+    negative) and/or a box (x0, y0, x1, y1)."""
+
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True)
 class ModelHandle:
-    """What the backend serves: ``suggest(image_bytes, query) -> Suggestion`` and its version."""
+    """What the backend serves: ``suggest(image_bytes, query) -> Suggestion`` and its version; ``prompt(image_bytes,
+    SmartPrompt) -> Suggestion`` answers Label Studio's smart tools (a click, a box) when the model has it."""
 
     suggest: Callable[[bytes, str], Suggestion]
     model_version: str
     warning: str | None = None  # e.g. geoseg.types.TINY_MODEL_WARNING for tiny random models
+    prompt: Callable[[bytes, SmartPrompt], Suggestion] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,54 @@ def context_query(context: Any) -> str | None:
             if joined:
                 return joined
     return None
+
+
+#: Keypoint labels that mean "not this" (besides Label Studio's own ``is_positive: false``, an Alt-click).
+NEGATIVE_LABELS = frozenset({"negative", "background", "not target"})
+
+
+def smart_prompt(context: Any) -> SmartPrompt | None:
+    """The smart-tool prompt in an interactive request's context, or None.
+
+    Label Studio sends the region the annotator just drew: ``keypointlabels`` (``value.x``/``value.y`` in percent
+    of ``original_width``/``original_height``; ``is_positive`` false for a negative click) or ``rectanglelabels``
+    (``x``, ``y``, ``width``, ``height`` in percent). Every click and the last box of the context count.
+    """
+    if not isinstance(context, Mapping):
+        return None
+    points: list[tuple[float, float]] = []
+    labels: list[int] = []
+    box = None
+    size = (0, 0)
+    for region in context.get("result") or []:
+        if not isinstance(region, Mapping):
+            continue
+        kind = str(region.get("type", "")).lower()
+        if kind not in ("keypointlabels", "rectanglelabels"):
+            continue
+        value = region.get("value") or {}
+        try:
+            w, h = int(region["original_width"]), int(region["original_height"])
+            x, y = float(value["x"]) * w / 100.0, float(value["y"]) * h / 100.0
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a {kind} region without original size or x/y: {dict(region)!r:.200}") from None
+        if w <= 0 or h <= 0:
+            raise ValueError(f"a {kind} region with image size {w}x{h}")
+        size = (w, h)
+        if kind == "keypointlabels":
+            names = {str(n).lower() for n in value.get("keypointlabels") or []}
+            positive = bool(region.get("is_positive", True)) and not (names & NEGATIVE_LABELS)
+            points.append((min(max(x, 0.0), w - 1.0), min(max(y, 0.0), h - 1.0)))
+            labels.append(1 if positive else 0)
+        else:
+            bw, bh = float(value.get("width", 0)) * w / 100.0, float(value.get("height", 0)) * h / 100.0
+            x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(w), x + bw), min(float(h), y + bh)
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                raise ValueError(f"the box is empty inside the {w}x{h} image")
+            box = (x0, y0, x1, y1)
+    if not points and box is None:
+        return None
+    return SmartPrompt(tuple(points), tuple(labels), box, size[0], size[1])
 
 
 def _release_in(loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore) -> None:
@@ -255,23 +317,31 @@ class GeoSegMLBackend:
 
     # --- prediction -------------------------------------------------------------------------------------------------
 
-    def _run(self, model: ModelHandle, image_url: str, query: str) -> Suggestion:
+    def _run(self, model: ModelHandle, image_url: str, query: str | SmartPrompt) -> Suggestion:
         with self._count_lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if isinstance(query, SmartPrompt):
+                return model.prompt(self.image_bytes(image_url), query)  # type: ignore[misc] - checked by the caller
             return model.suggest(self.image_bytes(image_url), query)
         finally:
             with self._count_lock:
                 self.in_flight -= 1
 
     async def predict_one(
-        self, task: Mapping[str, Any], query_override: str | None, *, batch_start: float | None = None
+        self,
+        task: Mapping[str, Any],
+        query_override: str | None,
+        *,
+        batch_start: float | None = None,
+        smart: SmartPrompt | None = None,
     ) -> dict[str, Any]:
         """One task -> ``{"result", "score", "model_version"}`` or ``{"error", "model_version"}``.
 
         Interactive (``batch_start`` None): everything, queueing included, within ``timeout_s``. In a batch: a slot
         must be had within the batch budget, then the model gets ``timeout_s``, never past the budget's end.
+        ``smart``: an annotator's click/box (Label Studio's smart tools) answered by ``ModelHandle.prompt``.
         """
         now = time.monotonic()
         if batch_start is None:
@@ -290,10 +360,12 @@ class GeoSegMLBackend:
         slots = self._slots
         try:
             query = query_override or data.get("query")
-            if not isinstance(query, str) or not query.strip():
+            if smart is None and (not isinstance(query, str) or not query.strip()):
                 raise ValueError("the task has no query (data.query) and the request carried none")
             model = await asyncio.to_thread(self.model, max(0.0, queue_end - time.monotonic()))
             mv = model.model_version
+            if smart is not None and model.prompt is None:
+                raise ValueError("this model answers no smart tools (clicks, boxes); ask with a query instead")
             try:
                 await asyncio.wait_for(slots.acquire(), max(0.0, queue_end - time.monotonic()))
             except TimeoutError:
@@ -302,7 +374,7 @@ class GeoSegMLBackend:
                 ) from None
             started = time.monotonic()
             try:
-                fut = self._pool.submit(self._run, model, data.get("image"), query.strip())
+                fut = self._pool.submit(self._run, model, data.get("image"), smart or query.strip())
             except BaseException:
                 slots.release()
                 raise
@@ -338,10 +410,12 @@ class GeoSegMLBackend:
         params = body.get("params") or {}
         context = params.get("context") if isinstance(params, Mapping) else None
         override = context_query(context)
+        smart = smart_prompt(context)
         interactive = context is not None
         start = None if interactive else time.monotonic()
         outs = await asyncio.gather(
-            *(self.predict_one(t if isinstance(t, Mapping) else {}, override, batch_start=start) for t in tasks)
+            *(self.predict_one(t if isinstance(t, Mapping) else {}, override, batch_start=start, smart=smart)
+              for t in tasks)
         )
         errors = [o["error"] for o in outs if "error" in o]
         if interactive:  # Label Studio returns results[0] to the annotator's client: keep the message visible there

@@ -8,8 +8,9 @@ Idempotent, also after a crash between an import and its database write: before 
 listed once and any task whose ``data.item_id`` is pending is *reconciled* (recorded in the database) instead of being
 imported again. An item already pushed with an older model version gets the new pre-label added to its existing task.
 
-Image URLs: local files through Label Studio's local-files serving (``/data/local-files/?d=<path below the document
-root>``), ``s3://`` images as presigned GET URLs (S3 or moto_server), http(s) URLs unchanged.
+Image URLs (:class:`ImageUrlResolver`): local files through a local-files storage per imagery root
+(``/data/local-files/?d=<path below the document root>``), ``s3://`` images as storage URIs that the project's S3
+source storage presigns at view time (:mod:`labeling.storages`), http(s) URLs unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from labeling.brush import mask_to_rle
 from labeling.client import LabelStudioClient, LabelStudioUnavailableError
+from labeling.polygons import prelabel_result
 from labeling.project import IMAGE_TO, MASK_FROM, TARGET_LABEL, ProjectHandle
 from storage import repo
 from storage.blobs import BlobStore
@@ -42,53 +44,89 @@ class ImageUrlError(ValueError):
 
 
 class ImageUrlResolver:
-    """Image URI (absolute path, ``s3://bucket/key`` or http(s)) -> a URL Label Studio can load.
+    """Image URI (absolute path, ``s3://bucket/key`` or http(s)) -> what a task's ``data.image`` holds.
 
-    ``imagery_root`` is the directory the local server serves (``LabelStudioServer.imagery_root``): Label Studio's
-    LOCAL_FILES_DOCUMENT_ROOT is its parent and the project has a local storage for the root itself (see
-    ``LabelStudioServer.document_root``), so a local image below the root becomes
-    ``/data/local-files/?d=<root name>/<path below the root>``.
+    * Local files below one of ``imagery_root`` (one path or several): ``/data/local-files/?d=<path below the
+      document root>``, served by Label Studio through the project's local-files storage for that root. The document
+      root is Label Studio's LOCAL_FILES_DOCUMENT_ROOT (``LabelStudioServer.document_root``); by default the first
+      root's parent, which is what ``labeling.server`` starts the server with. Symlinks are resolved first, so a link
+      out of the roots is refused.
+    * ``s3://bucket/key``: the URI itself (default, ``s3_mode="storage"``): the project's S3 source storage presigns
+      it each time the task is viewed, so no link in a task expires. ``s3_mode="presign"`` (the earlier behaviour,
+      only for a Label Studio without the storage) presigns at push time with ``s3_client`` for ``presign_expires``.
+    * http(s) URLs unchanged.
+
+    :attr:`needs` collects the storages the returned values need (``labeling.storages.StorageNeeds``); call
+    ``resolver.needs.ensure(client, project_id, s3_connection)`` before the tasks are imported.
     """
 
     def __init__(
         self,
-        imagery_root: str | Path | None = None,
+        imagery_root: str | Path | Sequence[str | Path] | None = None,
         *,
+        document_root: str | Path | None = None,
         s3_client: Any = None,
+        s3_mode: str = "storage",
         presign_expires: int = 7 * 24 * 3600,
     ) -> None:
-        self.imagery_root = Path(imagery_root).expanduser().resolve() if imagery_root else None
-        self.document_root = self.imagery_root.parent if self.imagery_root else None
+        from labeling.storages import StorageNeeds
+
+        if isinstance(imagery_root, (str, Path)):
+            imagery_root = [imagery_root]
+        self.roots = [Path(r).expanduser().resolve() for r in imagery_root or ()]
+        self.imagery_root = self.roots[0] if self.roots else None
+        if document_root is not None:
+            self.document_root: Path | None = Path(document_root).expanduser().resolve()
+        else:
+            self.document_root = self.imagery_root.parent if self.imagery_root else None
+        if s3_mode not in ("storage", "presign"):
+            raise ValueError(f"s3_mode must be 'storage' or 'presign', got {s3_mode!r}")
+        self.s3_mode = s3_mode
         self.s3_client = s3_client
         self.presign_expires = int(presign_expires)
+        self.needs = StorageNeeds()
 
     @classmethod
     def for_server(cls, server, **kw: Any) -> ImageUrlResolver:  # noqa: ANN001 - labeling.server.LabelStudioServer
+        kw.setdefault("document_root", server.document_root)
         return cls(server.imagery_root or server.root, **kw)
 
     def __call__(self, uri: str) -> str:
         if uri.startswith(("http://", "https://")):
             return uri
         if uri.startswith("s3://"):
+            from labeling.storages import parse_s3_uri
+
+            try:
+                bucket, key = parse_s3_uri(uri)
+            except ValueError as exc:
+                raise ImageUrlError(str(exc)) from None
+            if self.s3_mode == "storage":
+                self.needs.buckets.add(bucket)
+                return uri
             if self.s3_client is None:
                 raise ImageUrlError(f"{uri}: an S3 image needs an S3 client to presign its URL")
-            bucket, _, key = uri[5:].partition("/")
-            if not bucket or not key:
-                raise ImageUrlError(f"{uri}: not an s3://bucket/key URI")
             return self.s3_client.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.presign_expires
             )
-        if self.imagery_root is None or self.document_root is None:
+        if not self.roots or self.document_root is None:
             raise ImageUrlError(f"{uri}: local images need the imagery directory Label Studio serves")
         path = Path(uri).expanduser().resolve()
+        root = next((r for r in self.roots if r == path or r in path.parents), None)
+        if root is None:
+            shown = ", ".join(map(str, self.roots))
+            raise ImageUrlError(
+                f"{uri} is outside the imagery root {shown} that Label Studio serves; "
+                "start the server with that imagery directory or move the image below it"
+            )
         try:
-            path.relative_to(self.imagery_root)
             rel = path.relative_to(self.document_root)
         except ValueError:
             raise ImageUrlError(
-                f"{uri} is outside the imagery root {self.imagery_root} that Label Studio serves; "
-                "start the server with that imagery directory or move the image below it"
+                f"{uri} is outside Label Studio's LOCAL_FILES_DOCUMENT_ROOT {self.document_root}: the server can "
+                "only serve files below it (restart it with a document root above this imagery)"
             ) from None
+        self.needs.local_roots.add(root)
         return "/data/local-files/?d=" + quote(rel.as_posix(), safe="/")
 
 
@@ -162,15 +200,18 @@ class PushJob:
         )
 
 
-def job_payload(job: PushJob, blobs: BlobStore, image_url: Callable[[str], str]) -> dict[str, Any]:
-    """The Label Studio task (data + one prediction) of ``job``.
+def job_payload(
+    job: PushJob, blobs: BlobStore, image_url: Callable[[str], str], region_format: str = "brush"
+) -> dict[str, Any]:
+    """The Label Studio task (data + one prediction) of ``job``; the pre-label as a brush region (default) or as
+    polygons (``region_format="polygon"``, :mod:`labeling.polygons`).
 
     The stored mask is decoded in whatever memory order is cheapest (COCO RLE comes out Fortran-ordered) and brush
     encoded from that without a transpose: the same bytes as from the C-ordered mask.
     """
     if job.mask_sha256:
         mask = decode_mask(blobs.get(job.mask_sha256), shape=(job.height, job.width), contiguous=False)
-        result = brush_result(mask)
+        result = brush_result(mask) if region_format == "brush" else prelabel_result(mask, region_format)
     else:
         result = []
     prediction: dict[str, Any] = {"model_version": job.model_version, "result": result}
@@ -188,7 +229,7 @@ def job_payload(job: PushJob, blobs: BlobStore, image_url: Callable[[str], str])
 
 
 def _build_batch(
-    batch: list[PushJob], blobs: BlobStore, image_url: Callable[[str], str]
+    batch: list[PushJob], blobs: BlobStore, image_url: Callable[[str], str], region_format: str = "brush"
 ) -> tuple[list[dict[str, Any]], list[PushJob], list[tuple[int, str]]]:
     """Payloads of one batch: (tasks, their jobs, (item id, reason) of the items whose payload failed)."""
     tasks: list[dict[str, Any]] = []
@@ -196,7 +237,7 @@ def _build_batch(
     failed: list[tuple[int, str]] = []
     for job in batch:
         try:
-            tasks.append(job_payload(job, blobs, image_url))
+            tasks.append(job_payload(job, blobs, image_url, region_format))
             sent.append(job)
         except Exception as exc:  # a missing blob, an image outside the root: recorded, the batch goes on
             failed.append((job.item_id, f"{type(exc).__name__}: {exc}"))
@@ -233,12 +274,13 @@ def _submit(
     k: int,
     blobs: BlobStore,
     image_url: Callable[[str], str],
+    region_format: str = "brush",
 ) -> Any:
     if k >= len(batches):
         return _Done(([], [], []))
     if pool is None:
-        return _Done(_build_batch(batches[k], blobs, image_url))
-    return pool.submit(_build_batch, batches[k], blobs, image_url)
+        return _Done(_build_batch(batches[k], blobs, image_url, region_format))
+    return pool.submit(_build_batch, batches[k], blobs, image_url, region_format)
 
 
 def _import_batch(
@@ -294,14 +336,18 @@ def push_predictions(
     limit: int | None = None,
     overlap: bool = True,
     pending: Sequence[PushJob] | None = None,
+    region_format: str = "brush",
 ) -> PushReport:
     """Push every prediction of ``model_version`` not yet in the project; commits after each batch.
 
     ``overlap``: build the next batch's payloads in a worker thread while the current import is in flight (same
     requests, same order, same records; ``False`` builds them in this thread). ``pending``: ``PushJob.of`` of the
     rows of ``repo.predictions_awaiting_push(session, project.label_project_id, model_version)`` when the caller has
-    just read them (saves the query; ``limit`` is then not applied).
+    just read them (saves the query; ``limit`` is then not applied). ``region_format``: ``brush`` (RLE, exact) or
+    ``polygon`` (editable vertices; see :mod:`labeling.polygons` for the tolerance and the holes limitation).
     """
+    if region_format not in ("brush", "polygon"):
+        raise ValueError(f"region_format must be 'brush' or 'polygon', got {region_format!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
@@ -325,7 +371,7 @@ def push_predictions(
         versions = {str(x.get("model_version")) for x in client.task_predictions(int(task["id"]))}
         if model_version not in versions:
             try:
-                payload = job_payload(job, blobs, image_url)["predictions"][0]
+                payload = job_payload(job, blobs, image_url, region_format)["predictions"][0]
                 made = client.create_prediction(int(task["id"]), payload["result"], model_version, job.score)
                 records.append(
                     LabelTaskRecord(project.label_project_id, iid, int(task["id"]), job.prediction_id, made.get("id"))
@@ -346,10 +392,10 @@ def push_predictions(
     # request is in flight; imports, database writes and commits stay in this thread, in order.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-payloads") if overlap else None
     try:
-        upcoming = _submit(pool, batches, 0, blobs, image_url)
+        upcoming = _submit(pool, batches, 0, blobs, image_url, region_format)
         for k in range(len(batches)):
             tasks, sent, failed = upcoming.result()
-            upcoming = _submit(pool, batches, k + 1, blobs, image_url)
+            upcoming = _submit(pool, batches, k + 1, blobs, image_url, region_format)
             report.failed.extend(failed)
             if not tasks:
                 continue

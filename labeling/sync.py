@@ -104,9 +104,24 @@ def parse_result(result: Iterable[Mapping[str, Any]], height: int, width: int) -
             except (BrushRLEError, ValueError) as exc:
                 raise MalformedAnnotationError(f"brush RLE: {exc}") from None
             mask = part if mask is None else (mask | part)
+        elif kind == "polygonlabels":  # a polygon pre-label edited vertex by vertex (labeling.polygons)
+            part = _polygon_part(region, value, height, width)
+            mask = part if mask is None else (mask | part)
     if len(set(verdicts)) != 1:
         raise MalformedAnnotationError("no verdict chosen" if not verdicts else f"several verdicts {verdicts}")
     return verdicts[0], mask
+
+
+def _polygon_part(region: Mapping[str, Any], value: Mapping[str, Any], height: int, width: int) -> np.ndarray:
+    from labeling.polygons import POLYGON_FROM, polygon_region_to_mask
+
+    labels = value.get("polygonlabels") or []
+    if region.get("from_name") != POLYGON_FROM or [lab for lab in labels if lab != TARGET_LABEL]:
+        raise MalformedAnnotationError(f"polygon region {region.get('from_name')!r} with labels {labels}")
+    try:
+        return polygon_region_to_mask(value.get("points") or [], height, width)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise MalformedAnnotationError(f"polygon region: {exc}") from None
 
 
 def _annotator(annotation: Mapping[str, Any]) -> str | None:

@@ -8,7 +8,8 @@ Files written under ``out_dir``:
 - ``report.md``         the tables (overall, domain x level, ablation, timings, pre-label quality, judge)
 - ``plots/domain_level_miou.png``, ``plots/iou_hist.png`` (and ``plots/ablation.png``)
 - ``gallery/worst_*.png``, ``gallery/best_*.png``  composites: ground truth green, prediction red, overlap yellow
-- ``report.html``       everything above, linked
+- ``report.html``       everything above, linked: rendered from the same tables by a Jinja2 template (autoescaped),
+                        so each table is a real ``<table>`` with one ``<tr>`` per row
 
 When the run used the tiny random models, every file that shows scores says so (TINY_MODEL_WARNING).
 """
@@ -16,7 +17,6 @@ When the run used the tiny random models, every file that shows scores says so (
 from __future__ import annotations
 
 import csv
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +50,6 @@ class ReportFiles:
 
 def _pct(v: float) -> str:
     return f"{100.0 * v:.1f}"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join("-" if c is None else str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 #: First characters that make a spreadsheet read a cell as a formula (CSV injection, OWASP).
@@ -218,6 +212,53 @@ def _gallery(run: EvalRun, gallery_dir: Path, n: int) -> list[tuple[str, Path, A
     return out
 
 
+@dataclass(frozen=True)
+class Table:
+    """One report table: its section heading, column names and rows (cells as shown; ``None`` shows as ``-``)."""
+
+    heading: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+def _table(heading: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    return Table(heading, tuple(map(str, header)), tuple(tuple("-" if c is None else c for c in r) for r in rows))
+
+
+def report_tables(
+    runs: Mapping[str, EvalRun],
+    main: EvalRun,
+    quality: Sequence[Mapping[str, Any]] | None,
+    judge: Sequence[Mapping[str, Any]] | None,
+) -> list[Table]:
+    """The report's tables in page order: overall, domain x level, ablation, timings, pre-label quality, judge."""
+    overall = main.aggregate()[("all",)]
+    tables = [
+        _table("Overall", ["n", "mIoU", "cIoU", *[m for m in METRIC_NAMES if m != "iou"]],
+               [[int(overall["n"]), _pct(overall["mean_iou"]), _pct(overall["ciou"]),
+                 *[_pct(overall[f"mean_{m}"]) for m in METRIC_NAMES if m != "iou"]]]),
+        _table("mIoU / cIoU (n) per domain x level, percent", *domain_level_table(main)),
+    ]
+    abl = ablation_rows(runs) if len(runs) > 1 else []
+    if abl:
+        tables.append(_table(
+            "Ablation (shape of the paper's Table 3)",
+            ["setting", "refine", "Route A", "Route B", "mIoU", "cIoU", "delta mIoU", "BF", "s/sample", "errors"],
+            [[r["setting"], r["refine"], r["route_a"], r["route_b"], r["miou"], r["ciou"], r["delta_miou"],
+              r["mean_boundary_f"], r["s_per_sample"], r["errors"]] for r in abl]))
+    tables.append(_table("Timings", ["stage", "mean ms"],
+                         [["wall per sample", f"{1000 * main.seconds_per_sample():.1f}"],
+                          *[[k, f"{1000 * v:.1f}"] for k, v in main.mean_timings().items()]]))
+    if quality:
+        keys = list(quality[0])
+        tables.append(_table("Pre-label quality per model version", keys,
+                             [[r.get(k, "") for k in keys] for r in quality]))
+    if judge:
+        keys = list(judge[0])
+        tables.append(_table("MLLM judge (Likert 1-5)", keys, [[r.get(k, "") for k in keys] for r in judge]))
+    return tables
+
+
 def write_report(
     out_dir: str | Path,
     runs: Mapping[str, EvalRun],
@@ -249,102 +290,90 @@ def write_report(
         csvs.append(_write_csv(out / "judge.csv", list(judge)))
     plots = _plots(main, runs, out / "plots")
     gallery = _gallery(main, out / "gallery", gallery_n)
-
-    overall = main.aggregate()[("all",)]
-    md: list[str] = [f"# {title}", ""]
-    if meaningless:
-        md += [f"> **Warning:** {TINY_MODEL_WARNING}.", ""]
-    md += [
-        f"- benchmark: `{main.benchmark.name}` ({main.benchmark.layout} layout, {len(main.benchmark)} samples)",
-        f"- model version: `{main.model_version}`",
-        f"- errors: {main.n_errors}; served from cache: {main.n_cached}",
-        "",
-        "## Overall",
-        "",
-        _md_table(["n", "mIoU", "cIoU", *[m for m in METRIC_NAMES if m != "iou"]],
-                  [[int(overall["n"]), _pct(overall["mean_iou"]), _pct(overall["ciou"]),
-                    *[_pct(overall[f"mean_{m}"]) for m in METRIC_NAMES if m != "iou"]]]),
-        "",
-        "## mIoU / cIoU (n) per domain x level, percent",
-        "",
-        _md_table(*domain_level_table(main)),
-        "",
-    ]
-    if abl:
-        md += ["## Ablation (shape of the paper's Table 3)", "",
-               _md_table(["setting", "refine", "Route A", "Route B", "mIoU", "cIoU", "delta mIoU", "BF",
-                          "s/sample", "errors"],
-                         [[r["setting"], r["refine"], r["route_a"], r["route_b"], r["miou"], r["ciou"],
-                           r["delta_miou"], r["mean_boundary_f"], r["s_per_sample"], r["errors"]] for r in abl]),
-               ""]
-    timings = main.mean_timings()
-    md += ["## Timings", "", _md_table(["stage", "mean ms"],
-                                        [["wall per sample", f"{1000 * main.seconds_per_sample():.1f}"],
-                                         *[[k, f"{1000 * v:.1f}"] for k, v in timings.items()]]), ""]
-    if quality:
-        keys = list(quality[0])
-        md += ["## Pre-label quality per model version", "", _md_table(keys, [[r.get(k, "") for k in keys]
-                                                                              for r in quality]), ""]
-    if judge:
-        keys = list(judge[0])
-        md += ["## MLLM judge (Likert 1-5)", "", _md_table(keys, [[r.get(k, "") for k in keys] for r in judge]), ""]
-    md += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
-    md += ["## Gallery (ground truth green, prediction red, overlap yellow)", ""]
-    md += [f"- {kind}: `{o.sample_id}` IoU {o.metrics['iou']:.3f} - {o.query} -> "
-           f"[{p.name}]({p.relative_to(out).as_posix()})" for kind, p, o in gallery]
+    page = {
+        "title": title,
+        "warning": TINY_MODEL_WARNING if meaningless else None,
+        "facts": [("benchmark", f"{main.benchmark.name} ({main.benchmark.layout} layout, "
+                                f"{len(main.benchmark)} samples)"),
+                  ("model version", main.model_version),
+                  ("errors", f"{main.n_errors}; served from cache: {main.n_cached}")],
+        "tables": report_tables(runs, main, quality, judge),
+        "plots": [(p.stem, p.relative_to(out).as_posix()) for p in plots],
+        "gallery": [{"kind": kind, "src": p.relative_to(out).as_posix(), "sample_id": o.sample_id,
+                     "iou": f"{o.metrics['iou']:.3f}", "query": o.query} for kind, p, o in gallery],
+        "data": [p.name for p in csvs] + ["report.md"],
+    }
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
-
+    md_path.write_text(render_markdown(page), encoding="utf-8")
     html_path = out / "report.html"
-    html_path.write_text(_html(title, md, out, plots, gallery, csvs, meaningless), encoding="utf-8")
+    html_path.write_text(render_html(page), encoding="utf-8")
     return ReportFiles(out, md_path, html_path, tuple(csvs), tuple(plots), tuple(p for _, p, _ in gallery))
 
 
-def _md_to_html_table(block: list[str]) -> str:
-    cells = [[html.escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in block]
-    head, body = cells[0], cells[2:]
-    return ("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"
-            + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</tbody></table>")
+def _md_cell(value: Any) -> str:
+    """A Markdown table cell: pipes escaped and line breaks folded, so one value stays one cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _html(title: str, md: list[str], out: Path, plots: Sequence[Path], gallery: Sequence[tuple[str, Path, Any]],
-          csvs: Sequence[Path], meaningless: bool) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #bbb;padding:3px 8px}figure{display:inline-block;margin:6px}"
-             ".warn{background:#fff3cd;padding:8px}</style></head><body>"]
-    lines = list(md)
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append(lines[i])
-                i += 1
-            parts.append(_md_to_html_table(block))
-            continue
-        if line.startswith("## Plots") or line.startswith("## Gallery"):
-            break
-        if line.startswith("# "):
-            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("> "):
-            parts.append(f"<p class='warn'>{html.escape(line[2:].replace('**', ''))}</p>")
-        elif line.startswith("- "):
-            parts.append(f"<p>{html.escape(line[2:].replace('`', ''))}</p>")
-        i += 1
-    parts.append("<h2>Plots</h2>")
-    parts += [f"<figure><img src='{p.relative_to(out).as_posix()}'><figcaption>{p.name}</figcaption></figure>"
-              for p in plots]
-    parts.append("<h2>Gallery: ground truth green, prediction red, overlap yellow</h2>")
-    if meaningless:
-        parts.append(f"<p class='warn'>{html.escape(TINY_MODEL_WARNING)}</p>")
-    parts += [f"<figure><a href='{p.relative_to(out).as_posix()}'><img width='192' "
-              f"src='{p.relative_to(out).as_posix()}'></a><figcaption>{kind} {html.escape(o.sample_id)} "
-              f"IoU {o.metrics['iou']:.3f}<br>{html.escape(o.query)}</figcaption></figure>" for kind, p, o in gallery]
-    parts.append("<h2>Data</h2><ul>")
-    parts += [f"<li><a href='{p.name}'>{p.name}</a></li>" for p in [*csvs, out / "report.md"]]
-    parts.append("</ul></body></html>")
-    return "\n".join(parts)
+def render_markdown(page: Mapping[str, Any]) -> str:
+    """``report.md``: GitHub-flavoured Markdown (pipe tables), readable as text and by any Markdown viewer."""
+    md: list[str] = [f"# {page['title']}", ""]
+    if page["warning"]:
+        md += [f"> **Warning:** {page['warning']}.", ""]
+    md += [f"- {k}: `{v}`" for k, v in page["facts"]] + [""]
+    for t in page["tables"]:
+        md += [f"## {t.heading}", "", "| " + " | ".join(map(_md_cell, t.header)) + " |",
+               "|" + "|".join("---" for _ in t.header) + "|"]
+        md += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in t.rows] + [""]
+    md += ["## Plots", ""] + [f"![{stem}]({src})" for stem, src in page["plots"]] + [""]
+    md += ["## Gallery (ground truth green, prediction red, overlap yellow)", ""]
+    md += [f"- {g['kind']}: `{g['sample_id']}` IoU {g['iou']} - {_md_cell(g['query'])} -> [{g['src']}]({g['src']})"
+           for g in page["gallery"]]
+    return "\n".join(md) + "\n"
+
+
+_HTML_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px}
+table{border-collapse:collapse;margin:6px 0 14px}
+td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
+th{background:#eef}
+td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:6px;vertical-align:top}
+figcaption{font-size:small;max-width:260px}
+.warn{background:#fff3cd;padding:8px;border-left:4px solid #e0a800}
+</style></head><body>
+<h1>{{ title }}</h1>
+{% if warning %}<p class="warn"><strong>Warning:</strong> {{ warning }}</p>{% endif %}
+<ul>{% for k, v in facts %}<li>{{ k }}: <code>{{ v }}</code></li>{% endfor %}</ul>
+{% for t in tables %}
+<h2>{{ t.heading }}</h2>
+<table>
+<thead><tr>{% for c in t.header %}<th>{{ c }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for r in t.rows %}<tr>{% for c in r %}<td>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
+{% endfor %}
+<h2>Plots</h2>
+{% for stem, src in plots %}<figure><img src="{{ src }}" alt="{{ stem }}"><figcaption>{{ stem }}</figcaption></figure>
+{% endfor %}
+<h2>Gallery: ground truth green, prediction red, overlap yellow</h2>
+{% if warning %}<p class="warn">{{ warning }}</p>{% endif %}
+{% for g in gallery %}<figure><a href="{{ g.src }}"><img width="192" src="{{ g.src }}" alt="{{ g.sample_id }}"></a>
+<figcaption>{{ g.kind }} {{ g.sample_id }} IoU {{ g.iou }}<br>{{ g.query }}</figcaption></figure>
+{% endfor %}
+<h2>Data</h2>
+<ul>{% for name in data %}<li><a href="{{ name }}">{{ name }}</a></li>{% endfor %}</ul>
+</body></html>
+"""
+
+
+def render_html(page: Mapping[str, Any]) -> str:
+    """``report.html`` from a Jinja2 template with autoescaping on: every query, sample id and cell is text, never
+    markup (annotator-written queries end up here)."""
+    from jinja2 import Environment, StrictUndefined
+
+    env = Environment(autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(_HTML_TEMPLATE).render(**page)

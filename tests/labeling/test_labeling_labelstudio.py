@@ -193,8 +193,10 @@ def test_image_url_resolver(tmp_path):
     assert r("https://example.org/x.png") == "https://example.org/x.png"
     with pytest.raises(ImageUrlError, match="outside"):
         r("/etc/passwd")
+    assert r("s3://bucket/key.png") == "s3://bucket/key.png"  # a storage URI: presigned by Label Studio on view
+    assert r.needs.buckets == {"bucket"} and r.needs.local_roots == {(tmp_path / "imgs").resolve()}
     with pytest.raises(ImageUrlError, match="S3 client"):
-        r("s3://bucket/key.png")
+        ImageUrlResolver(tmp_path / "imgs", s3_mode="presign")("s3://bucket/key.png")
 
 
 # --- push -----------------------------------------------------------------------------------------------------------
@@ -516,9 +518,15 @@ def test_path_helpers_do_not_leak_token(labelstudio_server, caplog):
 # --- S3 images: presigned URLs against a real moto_server ------------------------------------------------------------
 
 
-def test_push_s3_images_as_presigned_urls(ls_project, s3_client, s3_bucket):
+def test_push_s3_images_as_storage_uris(ls_project, s3_client, s3_bucket, moto_server, monkeypatch):
+    import base64
     import io
 
+    from labeling.storages import S3Connection
+    from tests.fixtures.storage import MOTO_CREDENTIALS
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", MOTO_CREDENTIALS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", MOTO_CREDENTIALS["aws_secret_access_key"])
     p = ls_project
     rng = np.random.default_rng(5)
     buf = io.BytesIO()
@@ -533,13 +541,15 @@ def test_push_s3_images_as_presigned_urls(ls_project, s3_client, s3_bucket):
         PredictionRecord(item_id=item_id, model_version=MV, mask_sha256=p.blobs.put(encode_mask(mask)), score=0.9),
     )
     p.session.commit()
-    resolver = ImageUrlResolver.for_server(p.ls.server, s3_client=s3_client, presign_expires=600)
+    resolver = ImageUrlResolver.for_server(p.ls.server)
+    assert resolver(uri) == uri
+    resolver.needs.ensure(p.ls.client, p.handle.ls_project_id, S3Connection(endpoint_url=moto_server))
     rep = push_predictions(p.ls.client, p.session, p.blobs, p.handle, MV, image_url=resolver)
     assert rep.pushed == 1
     (task,) = list(p.ls.client.iter_tasks(p.handle.ls_project_id))
-    url = task["data"]["image"]
-    assert url.startswith(s3_client.meta.endpoint_url) and "Signature" in url
-    got = httpx.get(url)
+    shown = task["data"]["image"]  # the view-time form: the task's resolve endpoint, no fixed link
+    assert shown == f"/tasks/{task['id']}/resolve/?fileuri=" + base64.urlsafe_b64encode(uri.encode()).decode()
+    got = httpx.get(p.ls.url + shown, headers={"Authorization": f"Token {p.ls.token}"}, follow_redirects=True)
     assert got.status_code == 200 and got.content == buf.getvalue()  # what the annotator's browser will load
 
 

@@ -157,3 +157,41 @@ def test_geolabel_ml_backend_command_connects_and_serves(labelstudio_server, tin
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         log.close()
+
+
+def test_smart_tools_click_and_box_through_label_studio(review_task, tiny_models_root, monkeypatch):
+    """An annotator's smart-tool click (positive, then with a negative one) and box on a real task: Label Studio
+    forwards them to the backend, whose tiny SAM3 answers within the timeout with the model version; the box's mask
+    stays inside the box. (Tiny random models: the masks themselves are meaningless.)"""
+    from flows.cli_ml import connect_ml_backend, load_geoseg_model
+    from geoseg.profiles import load_profile
+    from labeling.brush import rle_to_mask
+    from labeling.ml_backend import MLBackendConfig, create_app
+
+    monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
+    proj, tid = review_task
+    client, pid = proj.ls.client, proj.handle.ls_project_id
+    mv = load_profile("tiny").model_version
+    app = create_app(lambda: load_geoseg_model("tiny"), MLBackendConfig(timeout_s=60, label_studio_url=proj.ls.url),
+                     model_version=mv)
+    size = {"original_width": 400, "original_height": 400, "image_rotation": 0}
+    click = {"from_name": "click", "to_name": "image", "type": "keypointlabels", "is_positive": True, **size,
+             "value": {"x": 50.0, "y": 50.0, "width": 0.6, "keypointlabels": ["target"]}}
+    negative = {**click, "is_positive": False, "value": {**click["value"], "x": 52.0}}
+    box = {"from_name": "box", "to_name": "image", "type": "rectanglelabels", **size,
+           "value": {"x": 25.0, "y": 25.0, "width": 25.0, "height": 25.0, "rectanglelabels": ["target"]}}
+    with serve(app) as url:
+        row = connect_ml_backend(client, pid, url)
+        for ctx in ({"result": [click]}, {"result": [click, negative]}, {"result": [box]}):
+            t0 = time.perf_counter()
+            resp = client.request("POST", f"/api/ml/{row['id']}/interactive-annotating",
+                                  json_body={"task": tid, "context": ctx})
+            assert time.perf_counter() - t0 < 60
+            data = resp["data"]
+            assert "error" not in data and data["model_version"] == mv, resp
+            for region in data["result"]:
+                assert region["type"] == "brushlabels" and region["from_name"] == "mask"
+                assert any("smart tool" in t for t in region["meta"]["text"])
+                m = rle_to_mask(region["value"]["rle"], 400, 400)
+                if ctx["result"][0] is box:
+                    assert not m[:100].any() and not m[200:].any() and not m[:, :100].any() and not m[:, 200:].any()
