@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.devices import resolve_device, resolve_dtype
 from geoseg.grounding.errors import GrounderError, GrounderLoadError
 from geoseg.grounding.parse import note_truncation, parse_grounding, rescale_grounding
 from geoseg.grounding.prompts import GroundingPrompt, build_prompt, check_convention, check_form
@@ -47,27 +48,6 @@ def _accelerate_available() -> bool:
     from importlib.util import find_spec
 
     return find_spec("accelerate") is not None
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: str, device: str):
-    """``auto`` -> bfloat16 on CUDA, float32 on CPU; or a torch dtype name (``float16``, ``bfloat16``, ``float32``)."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
-    return value
 
 
 class TransformersGrounder:

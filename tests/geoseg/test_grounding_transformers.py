@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from geoseg.devices import resolve_device, resolve_dtype
 from geoseg.grounding import GrounderLoadError, build_grounder, resolve_tiny_grounder_dir
 from geoseg.grounding.tiny import TINY_GROUNDER_SUBDIR, build_tiny_grounder_model
-from geoseg.grounding.transformers_backend import TransformersGrounder, as_rgb_uint8, resolve_device, resolve_dtype
+from geoseg.grounding.transformers_backend import TransformersGrounder, as_rgb_uint8
 from geoseg.types import BackendSpec, Grounding
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"

@@ -22,6 +22,8 @@ W, H = 200, 100
 
 
 class FixedGrounder:
+    meaningless = False
+
     def __init__(self, grounding: Grounding) -> None:
         self.grounding = grounding
         self.calls = 0
@@ -33,6 +35,8 @@ class FixedGrounder:
 
 class PeakMatcher:
     """A similarity map with one smooth peak at the crop centre (or a flat map: no keypoint at all)."""
+
+    meaningless = False
 
     def __init__(self, flat: bool = False) -> None:
         self.flat = flat
@@ -49,6 +53,8 @@ class PeakMatcher:
 
 class RectSegmenter:
     """Point route: the left ``point_frac`` of the crop; text route: the top ``text_frac`` rows."""
+
+    meaningless = False
 
     def __init__(self, point_frac: float = 0.6, text_frac: float = 0.5) -> None:
         self.point_frac, self.text_frac = point_frac, text_frac
@@ -190,6 +196,27 @@ def test_several_boxes_union():
     assert "2 boxes" in r.note and "intersection, intersection" in r.note
 
 
+def test_score_from_route_agreement_margins_and_box_count():
+    from geoseg.masks import validity_margin
+    from geoseg.metrics import mask_iou
+
+    both = make(G1)(image(), "q")  # left 60 % (point) vs top 50 % (text) of the crop: partial agreement
+    iou = mask_iou(both.mask_point, both.mask_text)
+    assert 0 < iou < 1 and both.score == pytest.approx(0.5 + 0.5 * iou)
+    assert both.per_box[0].iou_routes == pytest.approx(iou)
+    same = make(G1, segmenter=RectSegmenter(point_frac=1.0, text_frac=1.0))(image(), "q")
+    assert same.score == pytest.approx(1.0)  # both routes drew the same mask
+    text_only = make(G1, segmenter=RectSegmenter(point_frac=0.0))(image(), "q")
+    margin = validity_margin(text_only.mask_text, text_only.roi, 0.01)
+    assert text_only.score == pytest.approx(0.25 + 0.25 * margin) and 0.25 <= text_only.score <= 0.5
+    assert make(G1, segmenter=RectSegmenter(0.0, 0.0))(image(), "q").score == 0.0  # no valid route
+    assert make(Grounding(raw_text="[]"))(image(), "q").score == 0.0  # no box
+    two = make(Grounding(boxes=(BOX, BOX), phrase="x"))(image(), "q")  # several boxes: a sign of doubt
+    assert two.score == pytest.approx(both.score / np.sqrt(2)) and len(two.per_box) == 2
+    assert both.summary()["score"] == round(both.score, 4)
+    assert text_only.score < both.score <= same.score
+
+
 def test_bad_inputs_are_clear_errors():
     p = make(G1)
     with pytest.raises(ValueError, match="RGB"):
@@ -302,7 +329,7 @@ def test_real_tiny_models_on_aerial_image_under_each_ablation(chat_server, serve
         assert len(r.keypoints) == 0 and r.route in ("text", "empty")
     if not sw["route_b"]:
         assert r.route in ("point", "empty")
-    assert r.note == TINY_MODEL_WARNING and p.is_meaningless
+    assert r.note == TINY_MODEL_WARNING and p.meaningless
     assert r.model_version == p.config.model_version
     json.dumps(r.summary())
 
@@ -327,7 +354,7 @@ def test_tiny_profile_end_to_end(monkeypatch, tiny_models_root, aerial_rgb):
     dirs = ensure_tiny_models()
     assert set(dirs) == {"grounder", "matcher", "segmenter"} and all(d.is_dir() for d in dirs.values())
     p = GeoSegPipeline(load_profile("tiny"))
-    assert p.is_meaningless
+    assert p.meaningless
     r = p(aerial_rgb, "the conifer with the widest crown")
     assert r.mask.shape == (400, 400) and r.note.startswith(TINY_MODEL_WARNING)
     assert r.route != "empty" or r.reason
