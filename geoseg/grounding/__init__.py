@@ -32,15 +32,15 @@ GROUNDER_KINDS: tuple[str, ...] = ("transformers", "openai", "tiny")
 
 def resolve_tiny_grounder_dir(spec: BackendSpec) -> Path:
     """Where the tiny grounder lives: ``spec.model`` when given, else ``<model cache>/qwen3vl``."""
-    from geoseg.grounding.tiny import build_tiny_grounder_model, default_model_root
+    from geoseg.tiny import TINY_GROUNDER_SUBDIR, build_tiny_grounder_model, model_cache_dir
 
     if spec.model:
         target = Path(spec.model).expanduser()
         # spec.model may name the model dir itself (…/qwen3vl) or the root it is built under
-        if target.name == "qwen3vl":
+        if target.name == TINY_GROUNDER_SUBDIR:
             return build_tiny_grounder_model(target.parent)
         return build_tiny_grounder_model(target)
-    return build_tiny_grounder_model(default_model_root())
+    return build_tiny_grounder_model(model_cache_dir())
 
 
 def _construct(cls: type, kind: str, model: str, options: dict[str, Any]) -> Any:

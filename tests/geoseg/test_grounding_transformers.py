@@ -17,8 +17,8 @@ import pytest
 
 from geoseg.devices import resolve_device, resolve_dtype
 from geoseg.grounding import GrounderLoadError, build_grounder, resolve_tiny_grounder_dir
-from geoseg.grounding.tiny import TINY_GROUNDER_SUBDIR, build_tiny_grounder_model
 from geoseg.grounding.transformers_backend import TransformersGrounder, as_rgb_uint8
+from geoseg.tiny import TINY_GROUNDER_SUBDIR, build_tiny_grounder_model
 from geoseg.types import BackendSpec, Grounding
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
@@ -221,7 +221,7 @@ def test_paper_profile_grounder_gives_the_gpu_and_weights_error():
 def test_qwen25vl_family_through_the_same_backend(tiny_grounder_dir: Path, aerial_rgb):
     from PIL import Image
 
-    from geoseg.grounding.tiny import build_tiny_qwen25vl_model
+    from geoseg.tiny import build_tiny_qwen25vl_model
 
     path = build_tiny_qwen25vl_model(tiny_grounder_dir.parent)
     assert path.name == "qwen2_5vl" and build_tiny_qwen25vl_model(tiny_grounder_dir.parent) == path
