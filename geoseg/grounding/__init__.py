@@ -6,11 +6,13 @@ Backends (built from a :class:`~geoseg.types.BackendSpec` by :func:`build_ground
   (Qwen3-VL is the paper's model; Qwen2.5-VL works with ``convention="pixel"``, ``pixel_frame="model_input"``).
 - ``openai``: any OpenAI-compatible chat-completions server (vLLM, ...), image sent as a base64 PNG data URL.
 - ``tiny``: a tiny randomly initialised Qwen3-VL built and saved on first use, then loaded by the transformers
-  backend through the same ``from_pretrained`` path. Its answers are random tokens: the mechanics are real, the
-  boxes (usually none) mean nothing.
+  backend through the same ``from_pretrained`` path. Constrained decoding (the default) makes its random answers
+  well-formed boxes, so the whole pipeline runs; the mechanics are real, the boxes and masks mean nothing.
 
-Common options: ``convention`` (``norm1000`` default, ``pixel``, ``norm1``) and ``prompt_form`` (``geoseg`` default,
-``think2seg``). The answer text is parsed by :func:`parse_grounding`, which never raises on model output.
+Common options: ``convention`` (``norm1000`` default, ``pixel``, ``norm1``), ``prompt_form`` (``geoseg`` default,
+``think2seg``) and ``constrained`` (default true: decode under the answer's JSON grammar, or send a JSON-schema
+``response_format``; see ``geoseg.grounding.constrained``). The answer text is parsed by :func:`parse_grounding`,
+which never raises on model output.
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ def build_grounder(spec: BackendSpec) -> Grounder:
     if spec.kind == "tiny":
         from geoseg.grounding.transformers_backend import TransformersGrounder
 
-        options.setdefault("max_new_tokens", 32)
+        options.setdefault("max_new_tokens", 64)  # room for a complete constrained answer in the tiny vocabulary
+        # random weights would pick "no target" about as often as a box; made to name one, the whole path runs
+        options.setdefault("allow_no_target", False)
         options["meaningless"] = True
         return _construct(TransformersGrounder, "tiny", str(resolve_tiny_grounder_dir(spec)), options)
     raise ValueError(f"unknown grounder kind {spec.kind!r}; choose one of {GROUNDER_KINDS}")
