@@ -21,7 +21,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderLoadError
+from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderLoadError, GrounderRejectedError
 from geoseg.grounding.parse import parse_grounding, rescale_grounding
 from geoseg.grounding.prompts import CONVENTIONS, PROMPT_FORMS, GroundingPrompt, build_prompt
 from geoseg.types import BackendSpec
@@ -90,6 +90,7 @@ __all__ = [
     "GrounderAuthError",
     "GrounderError",
     "GrounderLoadError",
+    "GrounderRejectedError",
     "GroundingPrompt",
     "build_grounder",
     "build_prompt",
