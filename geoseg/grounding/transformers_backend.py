@@ -122,6 +122,8 @@ class TransformersGrounder:
                 f"(got {self.convention!r}), or set constrained = false"
             )
         self._token_index = None
+        #: new tokens generated so far (up to and including each answer's EOS), for throughput figures
+        self.generated_tokens = 0
         self._model = None
         self._processor = None
         self._device: str | None = None
@@ -273,9 +275,11 @@ class TransformersGrounder:
         texts = grammar.texts if grammar is not None else processor.batch_decode(new_tokens, skip_special_tokens=True)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-        cut = [
-            new_tokens.shape[1] >= self.max_new_tokens and not (eos_ids & set(row.tolist())) for row in new_tokens
-        ]
+        rows = [row.tolist() for row in new_tokens]
+        cut = [len(row) >= self.max_new_tokens and not (eos_ids & set(row)) for row in rows]
+        self.generated_tokens += sum(
+            next((k + 1 for k, t in enumerate(row) if t in eos_ids), len(row)) for row in rows
+        )
         return list(zip(texts, cut, strict=True))
 
     def generate_text(self, image: np.ndarray, prompt: GroundingPrompt) -> str:
