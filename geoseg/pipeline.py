@@ -23,6 +23,8 @@ a disabled route neither runs nor loads its model (Route A off → no CLIP model
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -329,30 +331,68 @@ class GeoSegPipeline:
         return results
 
     def run_batch(
-        self, items: Iterable[tuple[Hashable, np.ndarray, str]], batch_size: int = 16
+        self, items: Iterable[tuple[Hashable, np.ndarray, str]], batch_size: int = 16, pipelined: bool = True
     ) -> Iterator[tuple[Hashable, GeoSegResult | Exception]]:
         """Run many (key, image, query) items; yields (key, result or the exception that item raised), in order.
 
         Items are taken ``batch_size`` at a time: the grounder grounds the chunk in one call (``ground_many``,
         concurrent for a served model) when it is a ``BatchGrounder``, then items are segmented image by image
         (items sharing an image array are validated once and processed together). Models are loaded once for the
-        whole run.
+        whole run. ``pipelined`` (default): stage 1 runs in a background thread, at most :data:`PIPELINE_DEPTH`
+        chunks ahead of stages 2-3, so a served grounder and the local segmenter work at the same time; False runs
+        the chunks strictly one after the other (same results, same order).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        chunk: list[tuple[Hashable, Any, Any]] = []
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= batch_size:
-                yield from self._run_chunk(chunk)
-                chunk = []
-        if chunk:
-            yield from self._run_chunk(chunk)
+        chunks = _chunked(items, batch_size)
+        if not pipelined:
+            for chunk in chunks:
+                yield from self._segment_chunk(self._ground_chunk(chunk))
+            return
+        yield from self._run_pipelined(chunks)
 
-    def _run_chunk(self, chunk: list[tuple[Hashable, Any, Any]]) -> Iterator[tuple[Hashable, GeoSegResult | Exception]]:
-        results: dict[int, GeoSegResult | Exception] = {}
+    def _run_pipelined(self, chunks: Iterator[list[Any]]) -> Iterator[tuple[Hashable, GeoSegResult | Exception]]:
+        """A bounded producer (grounding, one thread) / consumer (segmentation, the caller's thread)."""
+        q: queue.Queue = queue.Queue(maxsize=PIPELINE_DEPTH)
+        stop = threading.Event()
+
+        def put(obj: Any) -> None:
+            while not stop.is_set():
+                try:
+                    q.put(obj, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+
+        def produce() -> None:
+            try:
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    put(self._ground_chunk(chunk))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+                put(_Failed(exc))
+            finally:
+                put(_DONE)
+
+        worker = threading.Thread(target=produce, name="geoseg-grounding", daemon=True)
+        worker.start()
+        try:
+            while True:
+                got = q.get()
+                if got is _DONE:
+                    return
+                if isinstance(got, _Failed):
+                    raise got.exc
+                yield from self._segment_chunk(got)
+        finally:  # also when the caller stops early: let the producer go, and wait for it
+            stop.set()
+            worker.join()
+
+    def _ground_chunk(self, chunk: list[Any]) -> _GroundedChunk:
+        """Stage 1 for one chunk: validate every item, ground the valid ones in one call."""
+        out = _GroundedChunk(chunk)
         checked: dict[int, np.ndarray] = {}
-        ready: list[tuple[int, np.ndarray, str]] = []
         for idx, item in enumerate(chunk):
             try:
                 if not isinstance(item, tuple) or len(item) != 3:
@@ -360,31 +400,67 @@ class GeoSegPipeline:
                 _key, image, query = item
                 if id(image) not in checked:
                     checked[id(image)] = check_image(image)
-                ready.append((idx, checked[id(image)], check_query(query)))
+                out.ready.append((idx, checked[id(image)], check_query(query)))
             except Exception as exc:
-                results[idx] = exc
-        if ready:
+                out.results[idx] = exc
+        if out.ready:
             t0 = time.perf_counter()
             try:
-                groundings = self._ground_many([(img, q) for _i, img, q in ready])
+                out.groundings = self._ground_many([(img, q) for _i, img, q in out.ready])
             except Exception as exc:  # the whole grounding call failed (e.g. model could not load)
-                groundings = [exc] * len(ready)
-            per_item = (time.perf_counter() - t0) / len(ready)
-            # Segment image by image (stable within each image).
-            order = sorted(range(len(ready)), key=lambda j: (id(ready[j][1]), j))
-            for j in order:
-                idx, image, query = ready[j]
-                g = groundings[j]
-                if isinstance(g, Exception):
-                    results[idx] = g
-                    continue
-                try:
-                    results[idx] = self.segment(image, query, g, {"grounding": per_item})
-                except Exception as exc:
-                    results[idx] = exc
-        for idx, item in enumerate(chunk):
+                out.groundings = [exc] * len(out.ready)
+            out.per_item = (time.perf_counter() - t0) / len(out.ready)
+        return out
+
+    def _segment_chunk(self, grounded: _GroundedChunk) -> Iterator[tuple[Hashable, GeoSegResult | Exception]]:
+        """Stages 2-3 for one grounded chunk, image by image (stable within each image); yields in input order."""
+        results, ready = grounded.results, grounded.ready
+        for j in sorted(range(len(ready)), key=lambda j: (id(ready[j][1]), j)):
+            idx, image, query = ready[j]
+            g = grounded.groundings[j]
+            if isinstance(g, Exception):
+                results[idx] = g
+                continue
+            try:
+                results[idx] = self.segment(image, query, g, {"grounding": grounded.per_item})
+            except Exception as exc:
+                results[idx] = exc
+        for idx, item in enumerate(grounded.chunk):
             key = item[0] if isinstance(item, tuple) and item else None
             yield key, results[idx]
+
+
+#: How many grounded chunks may wait for segmentation in a pipelined ``run_batch`` (bounds memory and how far
+#: stage 1 runs ahead).
+PIPELINE_DEPTH = 2
+
+
+@dataclass
+class _GroundedChunk:
+    chunk: list[Any]
+    results: dict[int, Any] = field(default_factory=dict)
+    ready: list[tuple[int, np.ndarray, str]] = field(default_factory=list)
+    groundings: list[Any] = field(default_factory=list)
+    per_item: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Failed:
+    exc: BaseException
+
+
+_DONE = object()
+
+
+def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def ablation_pipelines(pipeline: GeoSegPipeline) -> dict[str, GeoSegPipeline]:

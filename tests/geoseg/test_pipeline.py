@@ -290,6 +290,47 @@ def test_run_batch_without_ground_many_catches_per_item():
     assert out[1].route == "intersection" and isinstance(out[2], ConnectionError)
 
 
+def test_run_batch_pipelined_overlaps_grounding_with_segmentation():
+    """Stage 1 of chunk 2 starts while chunk 1 is still being segmented; results equal the sequential run's."""
+    import threading
+
+    second_chunk_grounding = threading.Event()
+    overlapped: list[bool] = []
+
+    class Batches(ManyGrounder):
+        def ground_many(self, items):
+            if self.batches:
+                second_chunk_grounding.set()
+            return super().ground_many(items)
+
+    class Waiting(RectSegmenter):
+        def set_image(self, crop):
+            if self.encodes == 0:  # first item of chunk 1: wait (bounded) for the grounder to move on
+                overlapped.append(second_chunk_grounding.wait(timeout=10))
+            return super().set_image(crop)
+
+    items = [(i, image(), f"q{i}") for i in range(6)]
+    p = GeoSegPipeline(GeoSegConfig(profile="unit"), grounder=Batches(G1), matcher=PeakMatcher(), segmenter=Waiting())
+    out = list(p.run_batch(items, batch_size=2))
+    assert overlapped == [True] and [k for k, _ in out] == list(range(6))
+    seq = list(make(G1).run_batch(items, batch_size=2, pipelined=False))
+    assert all(np.array_equal(a.mask, b.mask) and a.route == b.route for (_, a), (_, b) in zip(out, seq, strict=True))
+
+
+def test_run_batch_pipelined_stops_cleanly_and_passes_iterator_errors():
+    p = make(G1)
+    gen = p.run_batch(((i, image(), "q") for i in range(100)), batch_size=2)
+    assert next(gen)[0] == 0
+    gen.close()  # the caller stops early: the grounding thread is told to stop and joined
+
+    def broken():
+        yield (0, image(), "q")
+        raise OSError("the work list went away")
+
+    with pytest.raises(OSError, match="went away"):
+        list(p.run_batch(broken(), batch_size=1))
+
+
 # ------------------------------------------------------------------------------------ real tiny models, real image
 
 ANSWER = '{"bbox": [200, 300, 600, 700], "prompt": "tree crown"}'  # 0-1000 grid -> (80, 120, 240, 280) on 400 px
