@@ -86,9 +86,9 @@ def instant_pipeline(delay_s: float = 0.0) -> Any:
 
 
 def register_instant(name: str = "instant", delay_s: float = 0.0) -> str:
-    from flows.preannotate import register_pipeline_factory
+    from geoseg.registry import register_pipeline
 
-    register_pipeline_factory(name, lambda: instant_pipeline(delay_s))
+    register_pipeline(name, lambda: instant_pipeline(delay_s))
     return name
 
 

@@ -51,7 +51,7 @@ def main() -> None:
     import httpx
 
     from flows.cli_ml import connect_ml_backend, load_geoseg_model
-    from flows.preannotate import model_version_of
+    from geoseg.registry import model_version_of
     from labeling.client import LabelStudioClient
     from labeling.ml_backend import MLBackendConfig, create_app
     from labeling.project import label_config

@@ -198,7 +198,7 @@ def build_segmenter(device: str, dtype: Any, vit_blocks: int):
     processor.image_processor = Sam3ImageProcessor()
     tracker_processor = Sam3TrackerProcessor(image_processor=Sam3ImageProcessor())
     seg = Sam3TransformersSegmenter(
-        detector, processor, tracker, tracker_processor, device=device, is_tiny=True, **PAPER_SEGMENTER_OPTIONS
+        detector, processor, tracker, tracker_processor, device=device, meaningless=True, **PAPER_SEGMENTER_OPTIONS
     )
     return seg, published
 
@@ -211,7 +211,7 @@ def build_matcher(device: str, dtype: Any):
 
     model = open_clip.create_model(PAPER_MATCHER, pretrained=None, device=device).to(dtype)
     opts = {k: v for k, v in PAPER_MATCHER_OPTIONS.items() if k != "pretrained"}
-    return ClipSurgeryMatcher(model, open_clip.get_tokenizer(PAPER_MATCHER), device=device, is_tiny=True, **opts)
+    return ClipSurgeryMatcher(model, open_clip.get_tokenizer(PAPER_MATCHER), device=device, meaningless=True, **opts)
 
 
 # ------------------------------------------------------------------------------------------------- stages 2-3

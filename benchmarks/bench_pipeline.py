@@ -8,9 +8,10 @@ Two variants run in the same process on the same items, interleaved item by item
   ``Sam3Model``), i.e. the crop is encoded once per route.
 
 Items are the real aerial images and queries of ``tests/data/aerial/queries.csv``. Stage 1 runs the tiny random
-Qwen3-VL grounder for real (its time is reported), but its answers are random and rarely contain a box, so stages
-2-3 use a fixed box (the central 50 % of the image, phrase = the query) to exercise the segmentation path on every
-item. The tiny models' masks are meaningless; only times and encoder counts are measured.
+Qwen3-VL grounder for real (its time is reported; constrained decoding makes its random answers well-formed boxes of
+random size), and stages 2-3 use a fixed box (the central 50 % of the image, phrase = the query) so every item
+exercises the same crop size. Constrained vs free decoding is measured in ``benchmarks/bench_grounding.py``.
+The tiny models' masks are meaningless; only times and encoder counts are measured.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--rounds 3] [--threads 1] [--grounder tiny|none] [--json out.json]
         [--sam3-size 112 --sam3-width 32 --sam3-layers 2]   # a larger random SAM3 backbone shows the scaling

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         """Fit the pipeline's parameters to accepted annotations; write a calibrated profile and its report."""
         from dataclasses import replace
 
-        from flows.preannotate import get_pipeline
+        from geoseg.registry import load_pipeline
         from flows.runtime import open_runtime
         from geoseg.calibrate import calibrate, profile_text, sample_from_stored
         from geoseg.evaluation.bench import read_benchmark
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         if out.suffix.lower() != ".toml":
             raise typer.BadParameter("the profile file must end in .toml", param_hint="--out")
         rt = open_runtime()
-        base = get_pipeline(profile)
+        base = load_pipeline(profile)
         with rt.session() as s:
             bench = read_benchmark(resolve_snapshot_dir(s, rt.blobs, snapshot, rt.settings.data_dir / "snapshots"))
             stored = stored_predictions(s, [int(x.id) for x in bench.samples], model_version)
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         cache = rt.settings.data_dir / "calibration-cache"
         report = calibrate(samples, base.config, base.with_config if rerun else None, cache, min_samples=min_samples,
                            holdout=holdout, seed=seed, budget_s=budget_s,
-                           meaningless=bool(getattr(base, "is_meaningless", False)))  # fmt: skip
+                           meaningless=bool(base.meaningless))  # fmt: skip
         name = out.stem
         report.config = replace(report.config, profile=name)
         extends = profile if profile in ("paper", "tiny") else str(Path(profile).resolve())

@@ -208,8 +208,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Run GeoSeg on every item without a prediction for the profile's model version."""
-        from flows.preannotate import model_version_of, pending_work, preannotate_flow
+        from flows.preannotate import pending_work, preannotate_flow
         from flows.runtime import open_runtime, settings_from
+        from geoseg.registry import model_version_of
         from geoseg.types import TINY_MODEL_WARNING
         from storage.models import Prediction
 
@@ -245,8 +246,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Push predictions to Label Studio as tasks with pre-labels (idempotent)."""
         from flows.labeling_flows import push_flow
-        from flows.preannotate import model_version_of
         from flows.runtime import open_runtime, settings_from
+        from geoseg.registry import model_version_of
         from storage.models import LabelTask
 
         ov = overrides_for(data_dir)

@@ -20,18 +20,18 @@ from flows.cli_flows import _DATA_DIR, overrides_for
 
 def load_geoseg_model(profile: str) -> Any:
     """A ``labeling.ml_backend.ModelHandle`` serving the GeoSeg pipeline of ``profile`` (models loaded here, once)."""
-    from flows.preannotate import _score, get_pipeline
     from geoseg.imagery import read_image
+    from geoseg.registry import load_pipeline
     from geoseg.types import TINY_MODEL_WARNING
     from labeling.ml_backend import ModelHandle, Suggestion
 
-    pipeline = get_pipeline(profile)
+    pipeline = load_pipeline(profile)
 
     def suggest(image: bytes, query: str) -> Suggestion:
         res = pipeline(read_image(image).rgb, query)
-        return Suggestion(res.mask, res.model_version, _score(res), res.route, res.reason)
+        return Suggestion(res.mask, res.model_version, res.score, res.route, res.reason)
 
-    warning = TINY_MODEL_WARNING if getattr(pipeline, "is_meaningless", False) else None
+    warning = TINY_MODEL_WARNING if pipeline.meaningless else None
     from flows.smart_tools import smart_prompt_handler  # Label Studio's smart tools (a click, a box): SAM3 prompts
 
     return ModelHandle(suggest=suggest, model_version=pipeline.model_version, warning=warning,
@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
             allowed_image_origins=tuple(allow_image_origin)
             + ((settings.s3_endpoint_url,) if settings.s3_endpoint_url else ()),
         )
-        from flows.preannotate import model_version_of
+        from geoseg.registry import model_version_of
 
         app = create_app(lambda: load_geoseg_model(profile), cfg, model_version=model_version_of(profile))
         if profile == "tiny":

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
         if switches:
             config = replace(config, **switches)  # re-validated: both routes off is an error
         pipeline = GeoSegPipeline(config)
-        if pipeline.is_meaningless:
+        if pipeline.meaningless:
             typer.secho(f"warning: {TINY_MODEL_WARNING}", err=True, fg=typer.colors.YELLOW)
         result = pipeline(loaded.rgb, query)
         extra = {
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
             "profile": config.profile,
             "config": config.to_dict(),
             "image_info": loaded.facts(),
-            "meaningless": pipeline.is_meaningless,
+            "meaningless": pipeline.meaningless,
         }
         paths = write_outputs(out, f"{Path(image).stem}__{slug(query)}", loaded.rgb, result, extra)
         area = result.area
@@ -111,5 +111,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"reason: {result.reason}")
         for kind, p in paths.items():
             typer.echo(f"{kind}: {p}")
-        if pipeline.is_meaningless:
+        if pipeline.meaningless:
             typer.echo(f"note: {TINY_MODEL_WARNING}")

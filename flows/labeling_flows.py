@@ -256,7 +256,7 @@ def push_flow(
     batch_size: int = 200,
 ) -> PushSummary:
     """Push the predictions of ``model_version`` (default: the profile's) to the Label Studio project."""
-    from flows.preannotate import model_version_of
+    from geoseg.registry import model_version_of
 
     mv = model_version or model_version_of(profile)
     summary = push_task(settings_overrides, mv, project_title, batch_size)

@@ -12,11 +12,11 @@
 * Masks go to the blob store (``storage.maskcodec``), the prediction rows to the database
   (``repo.upsert_predictions``). Killed at any point and re-run, it predicts only what is missing.
 
-Models: ``profile`` is "tiny", "paper" or a profile file (``geoseg.profiles.load_profile``), a name registered with
-:func:`register_pipeline_factory` in this process, or ``py:package.module:function`` naming a zero-argument factory
-that returns a ``GeoSegPipeline`` (resolved in whichever process runs the flow: deployments, workers). Benchmarks and
-tests use the last two for orchestration-only pipelines. Tiny-model
-masks are meaningless (``geoseg.types.TINY_MODEL_WARNING``); the report says so.
+Models: ``profile`` is anything ``geoseg.registry.load_pipeline`` takes: "tiny", "paper", a profile file, a name
+registered with ``geoseg.registry.register_pipeline`` in this process, or ``py:package.module:function`` naming a
+zero-argument factory (resolved in whichever process runs the flow: deployments, workers). Benchmarks and tests use
+the last two for orchestration-only pipelines. The stored score is ``GeoSegResult.score``. Tiny-model masks are
+meaningless (``geoseg.types.TINY_MODEL_WARNING``); the report says so.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,62 +34,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.ingest import _logger
 from flows.prefect_server import publish_report, stage_progress
 from flows.runtime import Runtime, open_runtime, settings_from
+from geoseg.registry import load_pipeline, model_version_of
 
 MODEL_CONCURRENCY_LIMIT = "geolabel-model"
 
-_factories: dict[str, Callable[[], Any]] = {}
-_pipelines: dict[str, Any] = {}
-_pipelines_lock = threading.Lock()
 _model_slots: dict[int, threading.BoundedSemaphore] = {}
-
-
-def register_pipeline_factory(name: str, factory: Callable[[], Any]) -> None:
-    """Make ``profile=name`` build its pipeline with ``factory()`` (a ``GeoSegPipeline``)."""
-    _factories[name] = factory
-    _pipelines.pop(name, None)
-
-
-def _factory_from_path(profile: str) -> Callable[[], Any]:
-    """``py:package.module:function`` -> that function (a zero-argument pipeline factory)."""
-    import importlib
-
-    spec = profile[3:]
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"profile {profile!r}: expected py:package.module:function")
-    try:
-        fn = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"profile {profile!r}: cannot import {spec}: {exc}") from exc
-    if not callable(fn):
-        raise ValueError(f"profile {profile!r}: {spec} is not callable")
-    return fn
-
-
-def get_pipeline(profile: str) -> Any:
-    """The process-wide pipeline for ``profile``, built (and its models loaded) once."""
-    with _pipelines_lock:
-        p = _pipelines.get(profile)
-        if p is None:
-            if profile in _factories:
-                p = _factories[profile]()
-            elif profile.startswith("py:"):
-                p = _factory_from_path(profile)()
-            else:
-                from geoseg.pipeline import GeoSegPipeline
-                from geoseg.profiles import load_profile
-
-                p = GeoSegPipeline(load_profile(profile)).load()
-            _pipelines[profile] = p
-        return p
-
-
-def model_version_of(profile: str) -> str:
-    if profile in _factories or profile.startswith("py:"):
-        return get_pipeline(profile).model_version
-    from geoseg.profiles import load_profile
-
-    return load_profile(profile).model_version
 
 
 @dataclass(frozen=True)
@@ -217,7 +165,7 @@ def predict_batch(
     from storage.records import PredictionRecord
 
     t_start = time.perf_counter()
-    pipeline = get_pipeline(profile)
+    pipeline = load_pipeline(profile)
     mv = pipeline.model_version
     records: list[PredictionRecord] = []
     errors: list[tuple[int, str]] = []
@@ -249,7 +197,7 @@ def predict_batch(
     per = [next(it_sha) if m else None for m in masks]
     for k, (item_id, res) in enumerate(ok):
         sha, pt, txt = per[3 * k : 3 * k + 3]
-        records.append(PredictionRecord.from_result(item_id, res, mask_sha256=sha, score=_score(res),
+        records.append(PredictionRecord.from_result(item_id, res, mask_sha256=sha, score=res.score,
                                                     point_mask_sha256=pt, text_mask_sha256=txt))
     with rt.session() as s:
         repo.upsert_predictions(s, records)
@@ -260,12 +208,6 @@ def predict_batch(
         seconds_total=time.perf_counter() - t_start,
         errors=tuple(errors),
     )
-
-
-def _score(result: Any) -> float:
-    """The pre-label score shown in Label Studio: 1.0 when both routes agreed (intersection), 0.5 for one route,
-    0.0 for an empty mask. A coarse, documented confidence; GeoSeg itself outputs no probability."""
-    return {"intersection": 1.0, "point": 0.5, "text": 0.5}.get(result.route, 0.0)
 
 
 @task(name="predict-batch", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
@@ -303,7 +245,7 @@ def preannotate_flow(
     log.info("preannotate: %d item(s) on %d image(s) need model %s: %d batch(es)", pending, len(work), mv, len(batches))
     meaningless = False
     if pending:
-        meaningless = bool(getattr(get_pipeline(profile), "is_meaningless", False))
+        meaningless = load_pipeline(profile).meaningless
         if meaningless:
             log.warning("preannotate: %s", TINY_MODEL_WARNING)
     use_global = bool(batches) and global_limit_exists()

@@ -6,13 +6,14 @@ The paper's equations are pure numpy functions importable from here; model backe
 
 from geoseg.box import clamp_box, refine_box, roi_from_box
 from geoseg.keypoints import topk_nms_keypoints
-from geoseg.masks import fuse_masks, paste_back, validity
+from geoseg.masks import fuse_masks, paste_back, validity, validity_margin
 from geoseg.metrics import (
     METRIC_NAMES,
     Confusion,
     SampleScore,
     aggregate_metrics,
     boundary_f,
+    mask_iou,
     segmentation_metrics,
 )
 from geoseg.types import (
@@ -20,6 +21,7 @@ from geoseg.types import (
     TINY_MODEL_WARNING,
     BackendSpec,
     Box,
+    BoxOutcome,
     GeoSegConfig,
     GeoSegResult,
     Grounding,
@@ -31,6 +33,7 @@ __all__ = [
     "TINY_MODEL_WARNING",
     "BackendSpec",
     "Box",
+    "BoxOutcome",
     "Confusion",
     "GeoSegConfig",
     "GeoSegResult",
@@ -40,10 +43,12 @@ __all__ = [
     "boundary_f",
     "clamp_box",
     "fuse_masks",
+    "mask_iou",
     "paste_back",
     "refine_box",
     "roi_from_box",
     "segmentation_metrics",
     "topk_nms_keypoints",
     "validity",
+    "validity_margin",
 ]

@@ -197,7 +197,7 @@ class StoredGroundingPipeline:
         self.pipeline = pipeline
         self.groundings = dict(groundings)
         self.model_version = f"{pipeline.model_version}-stored-grounding"
-        self.is_meaningless = bool(getattr(pipeline, "is_meaningless", False))
+        self.meaningless = bool(pipeline.meaningless)
 
     @staticmethod
     def key(image: np.ndarray, query: str) -> str:

@@ -124,7 +124,7 @@ class ClipSurgeryMatcher:
         redundancy: str = "empty",
         background_classes: tuple[str, ...] = DEFAULT_BACKGROUND_CLASSES,
         device: str = "cpu",
-        is_tiny: bool = False,
+        meaningless: bool = False,
         source: str = "",
     ) -> None:
         import torch
@@ -132,7 +132,7 @@ class ClipSurgeryMatcher:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
-        self.is_tiny = is_tiny
+        self.meaningless = meaningless
         self.source = source
         v = getattr(model, "visual", None)
         problems = []
@@ -183,18 +183,18 @@ class ClipSurgeryMatcher:
         self._text_cache: OrderedDict[str, Any] = OrderedDict()
 
     @classmethod
-    def from_spec(cls, spec: BackendSpec, *, is_tiny: bool = False) -> ClipSurgeryMatcher:
+    def from_spec(cls, spec: BackendSpec, *, meaningless: bool = False) -> ClipSurgeryMatcher:
         """``spec.model``: an open_clip name (``ViT-B-16``), ``local-dir:<dir>`` or ``hf-hub:<repo>``;
         ``options["pretrained"]``: a tag (``openai``) or a checkpoint file, for plain names."""
         import open_clip
 
-        from geoseg.segment.sam3_transformers import _resolve_device
+        from geoseg.devices import resolve_device
 
         if not spec.model:
             raise ValueError("the open_clip matcher needs spec.model, e.g. 'ViT-B-16' or 'local-dir:/path'")
         opts = dict(spec.options)
         pretrained = opts.pop("pretrained", None)
-        device = _resolve_device(opts.pop("device", "auto"))
+        device = resolve_device(opts.pop("device", "auto"))
         opts.pop("require_gpu", None)
         known = {"templates", "input_size", "surgery_blocks", "redundancy", "background_classes"}
         unknown = set(opts) - known
@@ -215,7 +215,7 @@ class ClipSurgeryMatcher:
                 "Offline, pass a checkpoint file as options.pretrained or a 'local-dir:<dir>' model "
                 "(open_clip_config.json + weights)."
             ) from exc
-        return cls(model, tokenizer, device=device, is_tiny=is_tiny, source=spec.model, **opts)
+        return cls(model, tokenizer, device=device, meaningless=meaningless, source=spec.model, **opts)
 
     # ------------------------------------------------------------------------------------------------ text side
 
@@ -380,5 +380,5 @@ def build_matcher(spec: BackendSpec) -> ClipSurgeryMatcher:
         root = opts.pop("cache_dir", None) or model_cache_dir()
         opts.setdefault("surgery_blocks", 2)
         d = build_tiny_open_clip(root)
-        return ClipSurgeryMatcher.from_spec(BackendSpec("open_clip", f"local-dir:{d}", opts), is_tiny=True)
+        return ClipSurgeryMatcher.from_spec(BackendSpec("open_clip", f"local-dir:{d}", opts), meaningless=True)
     raise ValueError(f"unknown matcher kind {spec.kind!r}; choose from {list(MATCHER_KINDS)}")

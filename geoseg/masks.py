@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from geoseg.types import Route
@@ -45,6 +47,24 @@ def validity(mask: np.ndarray, roi: tuple[int, int, int, int], gamma: float = 0.
     if X2 <= X1 or Y2 <= Y1 or roi_area <= 0:
         return False
     return bool(np.count_nonzero(mask) / roi_area >= gamma)
+
+
+def validity_margin(mask: np.ndarray, roi: tuple[int, int, int, int], gamma: float = 0.01) -> float:
+    """How far a route mask clears Eq. 6, in [0, 1]: with a = mask area / area(RoI), ``log(a / gamma) / log(1 /
+    gamma)`` clipped to [0, 1]: 0 at (or below) the threshold, 1 for a mask filling the RoI. Used by the pre-label
+    score, never by the routing (which is Eq. 6 itself). gamma = 0: any non-empty mask has margin 1."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    X1, Y1, X2, Y2 = roi
+    roi_area = (X2 - X1) * (Y2 - Y1)
+    if X2 <= X1 or Y2 <= Y1 or roi_area <= 0:
+        return 0.0
+    a = np.count_nonzero(mask) / roi_area
+    if a <= 0.0 or a < gamma:
+        return 0.0
+    if gamma <= 0.0 or gamma >= 1.0:
+        return 1.0
+    return float(min(1.0, max(0.0, math.log(a / gamma) / math.log(1.0 / gamma))))
 
 
 def fuse_masks(

@@ -59,6 +59,12 @@ def _ratio(num: int, den: int, equal: bool) -> float:
     return num / den
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two same-shape binary masks, |a & b| / |a | b|; two empty masks are identical: 1.0."""
+    c = Confusion.of(a, b)
+    return _ratio(c.intersection, c.union, c.fp == 0 and c.fn == 0)
+
+
 def boundary(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels: mask AND NOT erode(mask, 3x3 square), the image border counted as background."""
     m = np.asarray(mask, dtype=bool)

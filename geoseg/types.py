@@ -230,6 +230,44 @@ class GeoSegConfig:
         return replace(self, **ABLATIONS[name])
 
 
+@dataclass(frozen=True)
+class BoxOutcome:
+    """Stages 2-3 for one grounded box, as scalars (the masks themselves are in the result's per-route unions).
+
+    ``iou_routes`` is IoU(Route A mask, Route B mask) when both routes ran on this box; ``margin_point`` /
+    ``margin_text`` are the validity margins (``geoseg.masks.validity_margin``: 0 at the gamma threshold or below, 1
+    for a mask filling the RoI) of the routes that ran, None for a route that did not run or found no keypoint.
+    """
+
+    index: int
+    route: Route
+    iou_routes: float | None = None
+    margin_point: float | None = None
+    margin_text: float | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
+        for name in ("iou_routes", "margin_point", "margin_text"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= _finite(name, v) <= 1.0:
+                raise ValueError(f"BoxOutcome.{name} must lie in [0, 1], got {v}")
+
+    @property
+    def score(self) -> float:
+        """This box's confidence in [0, 1] (see :attr:`GeoSegResult.score`)."""
+        if self.route == "intersection":
+            return 0.5 + 0.5 * (1.0 if self.iou_routes is None else float(self.iou_routes))
+        if self.route in ("point", "text"):
+            margin = self.margin_point if self.route == "point" else self.margin_text
+            return 0.25 + 0.25 * (0.5 if margin is None else float(margin))
+        return 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass(frozen=True, eq=False)
 class GeoSegResult:
     """Everything the pipeline decided for one (image, query).
@@ -254,8 +292,10 @@ class GeoSegResult:
     timings: Mapping[str, float] = field(default_factory=dict)
     reason: str | None = None
     note: str | None = None
+    per_box: tuple[BoxOutcome, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "per_box", tuple(self.per_box))
         if self.route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES}, got {self.route!r}")
         m = np.asarray(self.mask)
@@ -272,6 +312,38 @@ class GeoSegResult:
     @property
     def area(self) -> int:
         return int(np.count_nonzero(self.mask))
+
+    @property
+    def score(self) -> float:
+        """The pre-label confidence in [0, 1], higher = more confident (shown in Label Studio, stored per prediction).
+
+        GeoSeg outputs no probability; its two routes give a free uncertainty signal instead. Per box (``per_box``):
+
+        * both routes valid (Eq. 7 intersection): ``0.5 + 0.5 * IoU(M_A, M_B)``: in [0.5, 1], 1 when the point
+          route and the text route drew the same mask, 0.5 when they only just overlap;
+        * one valid route (point or text): ``0.25 + 0.25 * margin``, in [0.25, 0.5], where ``margin`` is that
+          route's validity margin (``geoseg.masks.validity_margin``: how far the mask area clears gamma, on a log
+          scale, 0 at the threshold, 1 for a mask filling the RoI);
+        * no valid route: 0.
+
+        The result's score is the mean over its boxes divided by sqrt(number of boxes): the prompt asks for one
+        target, so several boxes are themselves a sign of doubt (and an empty box among them pulls the mean down).
+        No box at all: 0. A result built without ``per_box`` (by hand, by a double) is scored as one box from its
+        route masks, with an unknown margin taken as 0.5. Not calibrated (see issue 17 / ``geoseg.calibrate``).
+        """
+        if self.route == "empty":
+            return 0.0
+        parts = self.per_box or (self._as_one_box(),)
+        n = len(parts)
+        return float(min(1.0, max(0.0, sum(p.score for p in parts) / n / math.sqrt(n))))
+
+    def _as_one_box(self) -> BoxOutcome:
+        iou = None
+        if self.route == "intersection" and self.mask_point is not None and self.mask_text is not None:
+            from geoseg.metrics import mask_iou
+
+            iou = mask_iou(self.mask_point, self.mask_text)
+        return BoxOutcome(0, self.route, iou_routes=iou)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able summary (no pixel arrays)."""
@@ -291,5 +363,7 @@ class GeoSegResult:
             "timings_ms": {k: round(v * 1000.0, 3) for k, v in self.timings.items()},
             "reason": self.reason,
             "note": self.note,
+            "score": round(self.score, 4),
+            "per_box": [p.to_dict() for p in self.per_box],
             "raw_text": self.grounding.raw_text,
         }

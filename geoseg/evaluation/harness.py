@@ -32,9 +32,11 @@ CACHE_FORMAT = 1
 
 
 class PipelineLike(Protocol):
-    """What the harness needs from :class:`geoseg.pipeline.GeoSegPipeline`."""
+    """What the harness needs from :class:`geoseg.pipeline.GeoSegPipeline` (a subset of ``geoseg.protocols.Pipeline``:
+    no ``run_batch``)."""
 
     model_version: str
+    meaningless: bool
 
     def __call__(self, image: np.ndarray, query: str) -> GeoSegResult: ...
 
@@ -257,7 +259,7 @@ def evaluate(
     return EvalRun(
         benchmark=benchmark, model_version=pipeline.model_version, outcomes=tuple(outcomes),
         cache_dir=Path(cache_root) / _safe(pipeline.model_version),
-        meaningless=bool(getattr(pipeline, "is_meaningless", False)), label=label,
+        meaningless=pipeline.meaningless, label=label,
     )
 
 

@@ -6,11 +6,13 @@ Backends (built from a :class:`~geoseg.types.BackendSpec` by :func:`build_ground
   (Qwen3-VL is the paper's model; Qwen2.5-VL works with ``convention="pixel"``, ``pixel_frame="model_input"``).
 - ``openai``: any OpenAI-compatible chat-completions server (vLLM, ...), image sent as a base64 PNG data URL.
 - ``tiny``: a tiny randomly initialised Qwen3-VL built and saved on first use, then loaded by the transformers
-  backend through the same ``from_pretrained`` path. Its answers are random tokens: the mechanics are real, the
-  boxes (usually none) mean nothing.
+  backend through the same ``from_pretrained`` path. Constrained decoding (the default) makes its random answers
+  well-formed boxes, so the whole pipeline runs; the mechanics are real, the boxes and masks mean nothing.
 
-Common options: ``convention`` (``norm1000`` default, ``pixel``, ``norm1``) and ``prompt_form`` (``geoseg`` default,
-``think2seg``). The answer text is parsed by :func:`parse_grounding`, which never raises on model output.
+Common options: ``convention`` (``norm1000`` default, ``pixel``, ``norm1``), ``prompt_form`` (``geoseg`` default,
+``think2seg``) and ``constrained`` (default true: decode under the answer's JSON grammar, or send a JSON-schema
+``response_format``; see ``geoseg.grounding.constrained``). The answer text is parsed by :func:`parse_grounding`,
+which never raises on model output.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderLoadError
+from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderLoadError, GrounderRejectedError
 from geoseg.grounding.parse import parse_grounding, rescale_grounding
 from geoseg.grounding.prompts import CONVENTIONS, PROMPT_FORMS, GroundingPrompt, build_prompt
 from geoseg.types import BackendSpec
@@ -32,15 +34,15 @@ GROUNDER_KINDS: tuple[str, ...] = ("transformers", "openai", "tiny")
 
 def resolve_tiny_grounder_dir(spec: BackendSpec) -> Path:
     """Where the tiny grounder lives: ``spec.model`` when given, else ``<model cache>/qwen3vl``."""
-    from geoseg.grounding.tiny import build_tiny_grounder_model, default_model_root
+    from geoseg.tiny import TINY_GROUNDER_SUBDIR, build_tiny_grounder_model, model_cache_dir
 
     if spec.model:
         target = Path(spec.model).expanduser()
         # spec.model may name the model dir itself (…/qwen3vl) or the root it is built under
-        if target.name == "qwen3vl":
+        if target.name == TINY_GROUNDER_SUBDIR:
             return build_tiny_grounder_model(target.parent)
         return build_tiny_grounder_model(target)
-    return build_tiny_grounder_model(default_model_root())
+    return build_tiny_grounder_model(model_cache_dir())
 
 
 def _construct(cls: type, kind: str, model: str, options: dict[str, Any]) -> Any:
@@ -73,7 +75,9 @@ def build_grounder(spec: BackendSpec) -> Grounder:
     if spec.kind == "tiny":
         from geoseg.grounding.transformers_backend import TransformersGrounder
 
-        options.setdefault("max_new_tokens", 32)
+        options.setdefault("max_new_tokens", 64)  # room for a complete constrained answer in the tiny vocabulary
+        # random weights would pick "no target" about as often as a box; made to name one, the whole path runs
+        options.setdefault("allow_no_target", False)
         options["meaningless"] = True
         return _construct(TransformersGrounder, "tiny", str(resolve_tiny_grounder_dir(spec)), options)
     raise ValueError(f"unknown grounder kind {spec.kind!r}; choose one of {GROUNDER_KINDS}")
@@ -86,6 +90,7 @@ __all__ = [
     "GrounderAuthError",
     "GrounderError",
     "GrounderLoadError",
+    "GrounderRejectedError",
     "GroundingPrompt",
     "build_grounder",
     "build_prompt",

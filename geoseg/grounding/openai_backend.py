@@ -6,8 +6,15 @@
 
 Faults: timeouts, connection errors, HTTP 5xx and 429 are retried with exponential backoff (``backoff * 2**attempt``,
 capped at ``backoff_max``; a 429/503 ``Retry-After`` is honoured up to the same cap); other 4xx fail at once
-(401/403 as :class:`GrounderAuthError` naming the env var). ``ground_many`` runs a batch with at most
-``concurrency`` requests in flight and returns one Grounding or exception per item, in order.
+(401/403 as :class:`GrounderAuthError` naming the env var, others as :class:`GrounderRejectedError`).
+``ground_many`` runs a batch with at most ``concurrency`` requests in flight and returns one Grounding or exception
+per item, in order; each distinct image of the batch is encoded once, whatever the number of its queries.
+
+Constrained answers (``constrained=True``, the default): each grounding request carries a ``response_format`` with
+the answer's JSON schema (``geoseg.grounding.constrained.answer_schema``; vLLM enforces it with guided decoding).
+A server that rejects the field (HTTP 4xx whose error names it: ``response_format``, ``json_schema``, guided or
+structured output) gets the request again without it, once; when that succeeds the grounder
+remembers and sends free requests from then on (logged once). The free-text parser reads both kinds of answer.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import logging
 import os
 import threading
 import time
@@ -25,11 +33,23 @@ from typing import Any
 import httpx
 import numpy as np
 
-from geoseg.grounding.errors import GrounderAuthError, GrounderError
+from geoseg.grounding.constrained import response_format
+from geoseg.grounding.errors import GrounderAuthError, GrounderError, GrounderRejectedError
 from geoseg.grounding.parse import note_truncation, parse_grounding
 from geoseg.grounding.prompts import GroundingPrompt, build_prompt, check_convention, check_form
 from geoseg.grounding.transformers_backend import as_rgb_uint8
 from geoseg.types import Grounding
+
+log = logging.getLogger(__name__)
+
+#: Words a server's 4xx error uses when it is the structured-output field it refuses (OpenAI: "Invalid parameter:
+#: 'response_format' ...", vLLM: "... guided decoding / json_schema ..."). Other 4xx are not retried.
+_RESPONSE_FORMAT_WORDS = ("response_format", "json_schema", "guided", "structured output")
+
+
+def _names_response_format(message: str) -> bool:
+    low = message.lower()
+    return any(w in low for w in _RESPONSE_FORMAT_WORDS)
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 
@@ -96,6 +116,7 @@ class OpenAIGrounder:
         extra_body: dict[str, Any] | None = None,
         require_gpu: bool = False,
         meaningless: bool = False,
+        constrained: bool = True,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError("OpenAIGrounder needs the served model name")
@@ -130,6 +151,9 @@ class OpenAIGrounder:
         self.system_prompt = bool(system_prompt)
         self.extra_body = dict(extra_body or {})
         self.meaningless = bool(meaningless)
+        self.constrained = bool(constrained)
+        #: None until a server answered a constrained request; False once it rejected response_format
+        self.response_format_supported: bool | None = None
         # accepted for profile compatibility and not enforced here: the GPU belongs to the server
         self.require_gpu = bool(require_gpu)
         self.api_key_env = api_key_env
@@ -188,7 +212,8 @@ class OpenAIGrounder:
             where = "no API key was sent; set api_key_env to the name of the environment variable holding the key"
         return GrounderAuthError(f"grounder at {self.url} answered HTTP {status}: {where}")
 
-    def request_body(self, image: np.ndarray, prompt: GroundingPrompt) -> dict[str, Any]:
+    def request_body(self, image: np.ndarray, prompt: GroundingPrompt, image_url: str | None = None) -> dict[str, Any]:
+        """The chat-completions body for (image, prompt); ``image_url``: the image already encoded (a data URL)."""
         messages: list[dict[str, Any]] = []
         if self.system_prompt:
             messages.append({"role": "system", "content": prompt.system})
@@ -196,7 +221,7 @@ class OpenAIGrounder:
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": image_data_url(image, self.image_format)}},
+                    {"type": "image_url", "image_url": {"url": image_url or image_data_url(image, self.image_format)}},
                     {"type": "text", "text": prompt.user},
                 ],
             }
@@ -235,8 +260,8 @@ class OpenAIGrounder:
                     last = f"HTTP {status}: {resp.text[:200]!r}"
                     retry_after = resp.headers.get("Retry-After")
                 elif status >= 400:
-                    raise GrounderError(
-                        f"grounder at {self.url} rejected the request, HTTP {status}: {resp.text[:500]!r}"
+                    raise GrounderRejectedError(
+                        f"grounder at {self.url} rejected the request, HTTP {status}: {resp.text[:500]!r}", status
                     )
                 else:
                     try:
@@ -254,26 +279,61 @@ class OpenAIGrounder:
     # --------------------------------------------------------------------------------------------- inference
     def ground(self, image: np.ndarray, query: str) -> Grounding:
         """𝓛(image, query) through the served model; raises GrounderError when the server cannot answer."""
-        rgb = as_rgb_uint8(image)
+        return self._ground(as_rgb_uint8(image), query)
+
+    def _ground(self, rgb: np.ndarray, query: str, image_url: str | None = None) -> Grounding:
         H, W = rgb.shape[:2]
         prompt = build_prompt(query, self.prompt_form, self.convention, (W, H))
-        answer, finish_reason = self.complete_with_reason(self.request_body(rgb, prompt))
+        body = self.request_body(rgb, prompt, image_url)
+        answer, finish_reason = self._complete_grounding(body, (W, H))
         g = parse_grounding(answer, (W, H), self.convention)
         return note_truncation(g, "max_tokens", self.max_tokens) if finish_reason == "length" else g
 
+    def _complete_grounding(self, body: dict[str, Any], frame: tuple[int, int]) -> tuple[str, str | None]:
+        """POST with the answer's JSON schema as ``response_format`` (unless switched off or known to be rejected);
+        on a 4xx, once more without it, remembering the server's answer."""
+        if not self.constrained or self.response_format_supported is False or "response_format" in body:
+            return self.complete_with_reason(body)
+        constrained = {**body, "response_format": response_format(self.prompt_form, self.convention, frame)}
+        try:
+            out = self.complete_with_reason(constrained)
+        except GrounderRejectedError as exc:
+            if not _names_response_format(str(exc)):
+                raise  # rejected for another reason: not retried
+            out = self.complete_with_reason(body)  # raises on its own when the request itself is the problem
+            with self._lock:
+                if self.response_format_supported is not False:
+                    log.warning("grounder at %s rejected response_format (%s); sending free requests from now on",
+                                self.url, exc.status)
+                self.response_format_supported = False
+            return out
+        self.response_format_supported = True
+        return out
+
     def ground_many(self, items: Iterable[tuple[np.ndarray, str]]) -> list[Grounding | Exception]:
-        """Ground a batch with at most ``concurrency`` requests in flight; one result (or exception) per item."""
+        """Ground a batch with at most ``concurrency`` requests in flight; one result (or exception) per item.
+
+        Each distinct image array is validated and encoded once (in the pool, before the requests that need it)."""
         items = list(items)
         if not items:
             return []
+        workers = 1 if self.concurrency == 1 or len(items) == 1 else min(self.concurrency, len(items))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grounder") as pool:
+            encoded: dict[int, Any] = {}
+            for image, _query in items:  # encodes are queued first: a request never waits behind its own encode
+                if id(image) not in encoded:
+                    encoded[id(image)] = pool.submit(self._encode, image)
 
-        def one(item: tuple[np.ndarray, str]) -> Grounding | Exception:
-            try:
-                return self.ground(*item)
-            except (GrounderError, ValueError) as exc:
-                return exc
+            def one(item: tuple[np.ndarray, str]) -> Grounding | Exception:
+                image, query = item
+                try:
+                    rgb, url = encoded[id(image)].result()
+                    return self._ground(rgb, query, url)
+                except (GrounderError, ValueError) as exc:
+                    return exc
 
-        if self.concurrency == 1 or len(items) == 1:
-            return [one(it) for it in items]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)), thread_name_prefix="grounder") as pool:
             return list(pool.map(one, items))
+
+    def _encode(self, image: np.ndarray) -> tuple[np.ndarray, str]:
+        rgb = as_rgb_uint8(image)
+        return rgb, image_data_url(rgb, self.image_format)

@@ -6,6 +6,12 @@ with the image, generates greedily, decodes only the new tokens and parses them 
 Coordinate frames: Qwen3-VL answers on its 0-1000 grid (``convention="norm1000"``, the default). Qwen2.5-VL answers in
 absolute pixels of the image *after* the processor resized it: use ``convention="pixel"`` with
 ``pixel_frame="model_input"`` and the boxes are parsed in that frame and rescaled to the original image.
+
+Constrained decoding (``constrained=True``, the default): a logits processor keeps generation inside the answer's
+grammar (``geoseg.grounding.constrained``: the GeoSeg or Think2Seg-RS JSON form, integer coordinates bounded to the
+frame, x1 < x2, y1 < y2), so every finished answer parses into boxes, even from random tiny weights; with
+``allow_no_target`` the model may still answer "no target" (``null`` / ``[]``). ``constrained=False`` is free decoding,
+parsed after the fact with the same parser (which stays the reader of both).
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.devices import resolve_device, resolve_dtype
+from geoseg.grounding.constrained import (
+    CONSTRAINED_CONVENTIONS,
+    GrammarLogitsProcessor,
+    TokenIndex,
+    answer_grammar,
+)
 from geoseg.grounding.errors import GrounderError, GrounderLoadError
 from geoseg.grounding.parse import note_truncation, parse_grounding, rescale_grounding
 from geoseg.grounding.prompts import GroundingPrompt, build_prompt, check_convention, check_form
@@ -49,27 +62,6 @@ def _accelerate_available() -> bool:
     return find_spec("accelerate") is not None
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed through."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: str, device: str):
-    """``auto`` -> bfloat16 on CUDA, float32 on CPU; or a torch dtype name (``float16``, ``bfloat16``, ``float32``)."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
-    return value
-
-
 class TransformersGrounder:
     """𝓛 on a local transformers model. Loads once (lazily, thread-safe) and reuses the model for every call."""
 
@@ -90,6 +82,8 @@ class TransformersGrounder:
         device_map: str | None = None,
         batch_size: int = 1,
         meaningless: bool = False,
+        constrained: bool = True,
+        allow_no_target: bool = True,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError("TransformersGrounder needs a model: a hub id or a local directory")
@@ -118,6 +112,18 @@ class TransformersGrounder:
         self.require_gpu = bool(require_gpu)
         #: True for the tiny random model: its boxes mean nothing (see geoseg.types.TINY_MODEL_WARNING)
         self.meaningless = bool(meaningless)
+        #: decode under the answer's grammar (geoseg.grounding.constrained): every finished answer parses into a box
+        #: (or an explicit "no target" when allow_no_target); False = free decoding, parsed after the fact
+        self.constrained = bool(constrained)
+        self.allow_no_target = bool(allow_no_target)
+        if self.constrained and self.convention not in CONSTRAINED_CONVENTIONS:
+            raise ValueError(
+                f"constrained decoding writes integer coordinates: use convention norm1000 or pixel with it "
+                f"(got {self.convention!r}), or set constrained = false"
+            )
+        self._token_index = None
+        #: new tokens generated so far (up to and including each answer's EOS), for throughput figures
+        self.generated_tokens = 0
         self._model = None
         self._processor = None
         self._device: str | None = None
@@ -207,20 +213,53 @@ class TransformersGrounder:
         messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.user}]})
         return messages
 
-    def generate_texts(self, images: list[np.ndarray], prompts: list[GroundingPrompt]) -> list[str]:
+    def generate_texts(
+        self,
+        images: list[np.ndarray],
+        prompts: list[GroundingPrompt],
+        frames: list[tuple[int, int]] | None = None,
+    ) -> list[str]:
         """Greedy generation for a batch of (image, prompt) pairs in one ``generate`` call (left padding);
-        returns only the newly generated text of each."""
-        return [text for text, _cut in self._generate(images, prompts)]
+        returns only the newly generated text of each. ``frames``: the (W, H) each answer's coordinates refer to
+        (constrained decoding bounds them by it; default: each image's size)."""
+        return [text for text, _cut in self._generate(images, prompts, frames)]
 
-    def _generate(self, images: list[np.ndarray], prompts: list[GroundingPrompt]) -> list[tuple[str, bool]]:
+    def token_index(self):
+        """The tokenizer's vocabulary as a :class:`~geoseg.grounding.constrained.TokenIndex` (built once)."""
+        if self._token_index is None:
+            self.load()
+            with self._lock:
+                if self._token_index is None:
+                    self._token_index = TokenIndex.from_tokenizer(self._processor.tokenizer)
+        return self._token_index
+
+    def _grammar_processor(self, prompts: list[GroundingPrompt], frames: list[tuple[int, int]]):
+        eos = self._model.generation_config.eos_token_id
+        eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+        grammars = [
+            answer_grammar(p.form, p.convention, f, allow_no_target=self.allow_no_target)
+            for p, f in zip(prompts, frames, strict=True)
+        ]
+        return GrammarLogitsProcessor(self.token_index(), grammars, eos_ids, self.max_new_tokens)
+
+    def _generate(
+        self,
+        images: list[np.ndarray],
+        prompts: list[GroundingPrompt],
+        frames: list[tuple[int, int]] | None = None,
+    ) -> list[tuple[str, bool]]:
         """(new text, cut off at max_new_tokens) per item."""
         import torch
         from PIL import Image
+        from transformers import LogitsProcessorList
 
         if len(images) != len(prompts) or not images:
             raise ValueError(f"need as many prompts as images (and at least one), got {len(images)}/{len(prompts)}")
         self.load()
-        pils = [Image.fromarray(as_rgb_uint8(im)) for im in images]
+        rgbs = [as_rgb_uint8(im) for im in images]
+        pils = [Image.fromarray(im) for im in rgbs]
+        frames = frames or [(im.shape[1], im.shape[0]) for im in rgbs]
+        grammar = self._grammar_processor(prompts, frames) if self.constrained else None
         processor, model = self._processor, self._model
         render = processor.apply_chat_template
         texts = [render(self._messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
@@ -229,14 +268,18 @@ class TransformersGrounder:
             inputs = processor(text=texts, images=pils, padding=True, return_tensors="pt").to(model.device)
             if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
                 inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            extra = {"logits_processor": LogitsProcessorList([grammar])} if grammar is not None else {}
+            out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, **extra)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
+        # constrained: the text exactly as the grammar accepted it (some decoders put spaces between tokens)
+        texts = grammar.texts if grammar is not None else processor.batch_decode(new_tokens, skip_special_tokens=True)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-        cut = [
-            new_tokens.shape[1] >= self.max_new_tokens and not (eos_ids & set(row.tolist())) for row in new_tokens
-        ]
+        rows = [row.tolist() for row in new_tokens]
+        cut = [len(row) >= self.max_new_tokens and not (eos_ids & set(row)) for row in rows]
+        self.generated_tokens += sum(
+            next((k + 1 for k, t in enumerate(row) if t in eos_ids), len(row)) for row in rows
+        )
         return list(zip(texts, cut, strict=True))
 
     def generate_text(self, image: np.ndarray, prompt: GroundingPrompt) -> str:
@@ -270,7 +313,7 @@ class TransformersGrounder:
         """𝓛(image, query): boxes in absolute pixels of ``image``. Model failures raise GrounderError."""
         rgb, frame, prompt = self._prepare(image, query)
         try:
-            answer = self._generate([rgb], [prompt])[0]
+            answer = self._generate([rgb], [prompt], [frame])[0]
         except GrounderError:
             raise
         except (RuntimeError, ValueError, IndexError) as exc:
@@ -296,14 +339,14 @@ class TransformersGrounder:
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start : start + self.batch_size]
             try:
-                answers = self._generate([c[1] for c in chunk], [c[3] for c in chunk])
+                answers = self._generate([c[1] for c in chunk], [c[3] for c in chunk], [c[2] for c in chunk])
             except (RuntimeError, ValueError, IndexError) as exc:
                 if len(chunk) == 1:
                     results[chunk[0][0]] = self._generation_error(exc)
                     continue
                 for i, rgb, frame, prompt in chunk:  # isolate the failing item
                     try:
-                        results[i] = self._finish(self._generate([rgb], [prompt])[0], rgb, frame)
+                        results[i] = self._finish(self._generate([rgb], [prompt], [frame])[0], rgb, frame)
                     except (RuntimeError, ValueError, IndexError) as exc_one:
                         results[i] = self._generation_error(exc_one)
                 continue

@@ -35,7 +35,7 @@ def build_segmenter(spec: BackendSpec) -> Segmenter:
         options = {k: v for k, v in spec.options.items() if k != "cache_dir"}
         options.setdefault("tracker_model", str(d / "tracker"))
         return Sam3TransformersSegmenter.from_spec(
-            BackendSpec("sam3-transformers", str(d / "detector"), options), is_tiny=True
+            BackendSpec("sam3-transformers", str(d / "detector"), options), meaningless=True
         )
     if spec.kind == "sam3-official":
         from geoseg.segment.official import Sam3OfficialSegmenter

@@ -39,7 +39,7 @@ class Sam3OfficialSegmenter:
         self.model = model
         self.processor = processor
         self.encoder_calls = 0
-        self.is_tiny = False
+        self.meaningless = False
 
     @classmethod
     def from_spec(cls, spec: BackendSpec) -> Sam3OfficialSegmenter:

@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.devices import resolve_device
 from geoseg.types import BackendSpec
 
 
@@ -75,16 +76,6 @@ def _check_crop(crop: np.ndarray) -> np.ndarray:
     if a.dtype != np.uint8:
         raise ValueError(f"crop must be uint8 RGB, got dtype {a.dtype}")
     return np.ascontiguousarray(a)
-
-
-def _resolve_device(name: str | None) -> str:
-    import torch
-
-    if name in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    return str(name)
 
 
 def _resolve_dtype(name: str | None):
@@ -186,7 +177,7 @@ class Sam3TransformersSegmenter:
         point_mode: str = "auto",
         encode_batch_size: int = 8,
         share_encoding: bool = True,
-        is_tiny: bool = False,
+        meaningless: bool = False,
         source: str = "",
     ) -> None:
         import torch
@@ -216,7 +207,7 @@ class Sam3TransformersSegmenter:
         self.point_mode = point_mode
         self.encode_batch_size = encode_batch_size
         self.share_encoding = bool(share_encoding)
-        self.is_tiny = is_tiny
+        self.meaningless = meaningless
         self.source = source
         self.dtype = next(self.detector.parameters()).dtype
 
@@ -242,14 +233,14 @@ class Sam3TransformersSegmenter:
         self.encoder_calls += 1
 
     @classmethod
-    def from_spec(cls, spec: BackendSpec, *, is_tiny: bool = False) -> Sam3TransformersSegmenter:
+    def from_spec(cls, spec: BackendSpec, *, meaningless: bool = False) -> Sam3TransformersSegmenter:
         from transformers import Sam3Model, Sam3Processor, Sam3TrackerModel, Sam3TrackerProcessor
 
         if not spec.model:
             raise ValueError("the sam3-transformers segmenter needs spec.model (a hub id or a local directory)")
         opts = dict(spec.options)
         tracker_src = opts.pop("tracker_model", None) or spec.model
-        device = _resolve_device(opts.pop("device", "auto"))
+        device = resolve_device(opts.pop("device", "auto"))
         dtype = _resolve_dtype(opts.pop("dtype", None))
         opts.pop("require_gpu", None)
         known = {
@@ -288,7 +279,7 @@ class Sam3TransformersSegmenter:
             tracker.to(device),
             tracker_processor,
             device=device,
-            is_tiny=is_tiny,
+            meaningless=meaningless,
             source=spec.model,
             **opts,
         )

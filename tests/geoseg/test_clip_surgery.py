@@ -28,7 +28,7 @@ def test_tiny_weights_round_trip_through_local_dir(tiny_clip_dir, tiny_matcher):
     loaded = tiny_matcher.model.state_dict()
     assert saved.keys() == loaded.keys()
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
-    assert tiny_matcher.is_tiny
+    assert tiny_matcher.meaningless
     assert tiny_matcher.source == f"local-dir:{tiny_clip_dir}"
 
 

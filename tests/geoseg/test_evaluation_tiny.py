@@ -52,7 +52,7 @@ def test_snapshot_to_tiny_pipeline_report(bench, tmp_path, tiny_grounder, tiny_m
     snap = read_snapshot(info.path)
     assert len(snap) == len(seeded.triplet_masks)
     pipe = GeoSegPipeline(load_profile("tiny"), tiny_grounder, tiny_matcher, tiny_segmenter)
-    assert pipe.is_meaningless
+    assert pipe.meaningless
     run = evaluate(pipe, snap, tmp_path / "cache")
     assert run.meaningless and len(run.outcomes) == len(snap) and run.n_errors == 0
     assert all(o.model_version == pipe.model_version for o in run.outcomes)

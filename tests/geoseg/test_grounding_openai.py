@@ -200,3 +200,41 @@ def test_helpers():
     assert message_content({"choices": [{"message": {"content": None}}]}) == ""
     with pytest.raises(ValueError):
         message_content({"error": "x"})
+
+
+def test_response_format_carries_the_answer_schema(chat_server, aerial_rgb):
+    from geoseg.grounding.constrained import answer_schema
+
+    g = grounder(chat_server)
+    assert g.ground(aerial_rgb, "the largest building").box is not None
+    rf = chat_server.requests[0]["body"]["response_format"]
+    assert rf["type"] == "json_schema" and rf["json_schema"]["schema"] == answer_schema("geoseg", "norm1000")
+    assert g.response_format_supported is True
+    grounder(chat_server, prompt_form="think2seg").ground(aerial_rgb, "the trees along the road")
+    assert chat_server.requests[1]["body"]["response_format"]["json_schema"]["schema"]["type"] == "array"
+    grounder(chat_server, constrained=False).ground(aerial_rgb, "the largest building")
+    assert "response_format" not in chat_server.requests[2]["body"]
+
+
+def test_rejected_response_format_falls_back_once_and_is_remembered(chat_server, aerial_rgb):
+    chat_server.reject_response_format = True
+    g = grounder(chat_server)
+    first = g.ground(aerial_rgb, "the largest building")
+    second = g.ground(aerial_rgb, "the largest building")
+    assert first.box is not None and second.box == first.box  # the free-text parser reads the free answers
+    sent = ["response_format" in r["body"] for r in chat_server.requests]
+    assert sent == [True, False, False] and g.response_format_supported is False
+
+
+def test_ground_many_encodes_each_image_once(chat_server, aerial_rgb, monkeypatch):
+    import geoseg.grounding.openai_backend as backend
+
+    calls = []
+    real = backend.image_data_url
+    monkeypatch.setattr(backend, "image_data_url", lambda im, fmt="png": calls.append(1) or real(im, fmt))
+    other = np.ascontiguousarray(aerial_rgb[::2, ::2])
+    queries = ["the largest building", "the parking lot", "a swimming pool"]
+    items = [(im, q) for im in (aerial_rgb, other) for q in queries]
+    out = grounder(chat_server, concurrency=4).ground_many(items)
+    assert len(calls) == 2 and len(chat_server.requests) == 6  # one PNG per image, one request per query
+    assert [o.box is not None for o in out] == [True, True, False] * 2

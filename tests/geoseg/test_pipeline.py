@@ -22,6 +22,8 @@ W, H = 200, 100
 
 
 class FixedGrounder:
+    meaningless = False
+
     def __init__(self, grounding: Grounding) -> None:
         self.grounding = grounding
         self.calls = 0
@@ -33,6 +35,8 @@ class FixedGrounder:
 
 class PeakMatcher:
     """A similarity map with one smooth peak at the crop centre (or a flat map: no keypoint at all)."""
+
+    meaningless = False
 
     def __init__(self, flat: bool = False) -> None:
         self.flat = flat
@@ -49,6 +53,8 @@ class PeakMatcher:
 
 class RectSegmenter:
     """Point route: the left ``point_frac`` of the crop; text route: the top ``text_frac`` rows."""
+
+    meaningless = False
 
     def __init__(self, point_frac: float = 0.6, text_frac: float = 0.5) -> None:
         self.point_frac, self.text_frac = point_frac, text_frac
@@ -190,6 +196,27 @@ def test_several_boxes_union():
     assert "2 boxes" in r.note and "intersection, intersection" in r.note
 
 
+def test_score_from_route_agreement_margins_and_box_count():
+    from geoseg.masks import validity_margin
+    from geoseg.metrics import mask_iou
+
+    both = make(G1)(image(), "q")  # left 60 % (point) vs top 50 % (text) of the crop: partial agreement
+    iou = mask_iou(both.mask_point, both.mask_text)
+    assert 0 < iou < 1 and both.score == pytest.approx(0.5 + 0.5 * iou)
+    assert both.per_box[0].iou_routes == pytest.approx(iou)
+    same = make(G1, segmenter=RectSegmenter(point_frac=1.0, text_frac=1.0))(image(), "q")
+    assert same.score == pytest.approx(1.0)  # both routes drew the same mask
+    text_only = make(G1, segmenter=RectSegmenter(point_frac=0.0))(image(), "q")
+    margin = validity_margin(text_only.mask_text, text_only.roi, 0.01)
+    assert text_only.score == pytest.approx(0.25 + 0.25 * margin) and 0.25 <= text_only.score <= 0.5
+    assert make(G1, segmenter=RectSegmenter(0.0, 0.0))(image(), "q").score == 0.0  # no valid route
+    assert make(Grounding(raw_text="[]"))(image(), "q").score == 0.0  # no box
+    two = make(Grounding(boxes=(BOX, BOX), phrase="x"))(image(), "q")  # several boxes: a sign of doubt
+    assert two.score == pytest.approx(both.score / np.sqrt(2)) and len(two.per_box) == 2
+    assert both.summary()["score"] == round(both.score, 4)
+    assert text_only.score < both.score <= same.score
+
+
 def test_bad_inputs_are_clear_errors():
     p = make(G1)
     with pytest.raises(ValueError, match="RGB"):
@@ -263,6 +290,47 @@ def test_run_batch_without_ground_many_catches_per_item():
     assert out[1].route == "intersection" and isinstance(out[2], ConnectionError)
 
 
+def test_run_batch_pipelined_overlaps_grounding_with_segmentation():
+    """Stage 1 of chunk 2 starts while chunk 1 is still being segmented; results equal the sequential run's."""
+    import threading
+
+    second_chunk_grounding = threading.Event()
+    overlapped: list[bool] = []
+
+    class Batches(ManyGrounder):
+        def ground_many(self, items):
+            if self.batches:
+                second_chunk_grounding.set()
+            return super().ground_many(items)
+
+    class Waiting(RectSegmenter):
+        def set_image(self, crop):
+            if self.encodes == 0:  # first item of chunk 1: wait (bounded) for the grounder to move on
+                overlapped.append(second_chunk_grounding.wait(timeout=10))
+            return super().set_image(crop)
+
+    items = [(i, image(), f"q{i}") for i in range(6)]
+    p = GeoSegPipeline(GeoSegConfig(profile="unit"), grounder=Batches(G1), matcher=PeakMatcher(), segmenter=Waiting())
+    out = list(p.run_batch(items, batch_size=2))
+    assert overlapped == [True] and [k for k, _ in out] == list(range(6))
+    seq = list(make(G1).run_batch(items, batch_size=2, pipelined=False))
+    assert all(np.array_equal(a.mask, b.mask) and a.route == b.route for (_, a), (_, b) in zip(out, seq, strict=True))
+
+
+def test_run_batch_pipelined_stops_cleanly_and_passes_iterator_errors():
+    p = make(G1)
+    gen = p.run_batch(((i, image(), "q") for i in range(100)), batch_size=2)
+    assert next(gen)[0] == 0
+    gen.close()  # the caller stops early: the grounding thread is told to stop and joined
+
+    def broken():
+        yield (0, image(), "q")
+        raise OSError("the work list went away")
+
+    with pytest.raises(OSError, match="went away"):
+        list(p.run_batch(broken(), batch_size=1))
+
+
 # ------------------------------------------------------------------------------------ real tiny models, real image
 
 ANSWER = '{"bbox": [200, 300, 600, 700], "prompt": "tree crown"}'  # 0-1000 grid -> (80, 120, 240, 280) on 400 px
@@ -302,7 +370,7 @@ def test_real_tiny_models_on_aerial_image_under_each_ablation(chat_server, serve
         assert len(r.keypoints) == 0 and r.route in ("text", "empty")
     if not sw["route_b"]:
         assert r.route in ("point", "empty")
-    assert r.note == TINY_MODEL_WARNING and p.is_meaningless
+    assert r.note == TINY_MODEL_WARNING and p.meaningless
     assert r.model_version == p.config.model_version
     json.dumps(r.summary())
 
@@ -320,17 +388,23 @@ def test_run_batch_with_real_tiny_models(chat_server, served_tiny_pipeline, aeri
 
 
 def test_tiny_profile_end_to_end(monkeypatch, tiny_models_root, aerial_rgb):
-    """All three tiny models from the cache dir, built on first use (the tiny grounder rarely yields a box)."""
+    """All three tiny models from the cache dir, built on first use. Constrained decoding makes the tiny grounder
+    name a box, so refinement, CLIP Surgery, SAM3 and fusion all run (their masks are meaningless)."""
     from geoseg.tiny import ensure_tiny_models
 
     monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
     dirs = ensure_tiny_models()
     assert set(dirs) == {"grounder", "matcher", "segmenter"} and all(d.is_dir() for d in dirs.values())
     p = GeoSegPipeline(load_profile("tiny"))
-    assert p.is_meaningless
+    assert p.meaningless
     r = p(aerial_rgb, "the conifer with the widest crown")
     assert r.mask.shape == (400, 400) and r.note.startswith(TINY_MODEL_WARNING)
     assert r.route != "empty" or r.reason
+    other = np.ascontiguousarray(aerial_rgb[50:350, 20:380])
+    out = dict(p.run_batch([(i, im, q) for i, (im, q) in enumerate(
+        [(aerial_rgb, "a road"), (other, "the largest tree crown"), (other, "the field")])]))
+    assert all(res.grounding.boxes and res.grounding.error is None for res in [r, *out.values()])
+    assert any(res.route != "empty" for res in [r, *out.values()])  # the routes ran, at least sometimes valid
 
 
 # ---------------------------------------------------------------------------------------------------- profiles

@@ -48,7 +48,7 @@ def test_loads_saved_dirs_and_ties_the_backbone(tiny_segmenter, tiny_sam3_dir):
     saved = load_file(str(tiny_sam3_dir / "detector" / "model.safetensors"))
     state = seg.detector.state_dict()
     assert all(torch.equal(saved[k], state[k]) for k in saved if k in state)
-    assert seg.is_tiny
+    assert seg.meaningless
 
 
 def test_one_encoder_forward_per_crop(tiny_segmenter, aerial_rgb):

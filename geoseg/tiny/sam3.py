@@ -1,36 +1,15 @@
-"""Tiny randomly initialised models for the real code paths (tests, demo, CPU benchmarks).
+"""The tiny random SAM3 pair (detector for text prompts, tracker for point prompts) and their processors.
 
-Every backend keeps its real loading code: the tiny models are built here from small configs, written to a cache
-directory with the library's own ``save_pretrained`` (or open_clip's ``local-dir:`` layout) and then loaded back
-through exactly the path the real weights use (``from_pretrained`` / ``open_clip.create_model``). Their masks are
-meaningless (see ``geoseg.types.TINY_MODEL_WARNING``); they exist to exercise shapes, prompts, caching and timing.
-
-Layout under the cache root (``model_cache_dir()``, env ``GEOLABEL_MODEL_CACHE``)::
-
-    open_clip_tiny/     open_clip_config.json + open_clip_model.safetensors   (load with "local-dir:<dir>")
-    sam3_tiny/detector/ Sam3Model + Sam3Processor (image processor + offline word-level tokenizer)
-    sam3_tiny/tracker/  Sam3TrackerModel + Sam3TrackerProcessor; its ViT backbone holds the detector's weights,
-                        as in facebook/sam3 where one Perception Encoder backbone feeds both heads
-    qwen3vl/            the grounder (built by geoseg.grounding.tiny, owner G1)
-
-Building is idempotent: a finished directory carries a ``.complete`` marker and is never rebuilt; a build writes to
-a temporary sibling and is renamed into place, so an interrupted build leaves nothing half-written behind.
+The tracker's ViT backbone holds the detector's weights, as in facebook/sam3 where one Perception Encoder backbone
+feeds both heads. The tokenizer is an offline word-level vocabulary (unknown words map to [UNK]).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-#: Bumped whenever a tiny config changes, so stale caches are rebuilt instead of half-matching new code.
-TINY_VERSION = "1"
-_MARKER = ".complete"
+from geoseg.tiny.cache import build_atomically
 
-OPEN_CLIP_DIRNAME = "open_clip_tiny"
 SAM3_DIRNAME = "sam3_tiny"
 
 #: The tiny SAM3 input side (pixels); 112 = 8 patches of 14.
@@ -46,83 +25,6 @@ _SAM3_WORD_TEXT = (
 )
 _SAM3_WORDS = tuple(_SAM3_WORD_TEXT.split())
 _SAM3_SPECIALS = ("[PAD]", "[UNK]", "<|startoftext|>", "<|endoftext|>")
-
-
-def model_cache_dir() -> Path:
-    """Where tiny models (and any other locally built model) live: env GEOLABEL_MODEL_CACHE or
-    ~/.cache/geolabel/models."""
-    env = os.environ.get("GEOLABEL_MODEL_CACHE", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "geolabel" / "models"
-
-
-def _is_complete(path: Path) -> bool:
-    marker = path / _MARKER
-    return marker.is_file() and marker.read_text().strip() == TINY_VERSION
-
-
-def _build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmpdir)`` and move the result to ``final`` unless a complete copy is already there."""
-    if _is_complete(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        (tmp / _MARKER).write_text(TINY_VERSION)
-        if final.exists():
-            if _is_complete(final):  # another process finished first
-                return final
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-# --------------------------------------------------------------------------------------------------- open_clip
-
-
-def tiny_open_clip_config() -> dict:
-    """A small open_clip ViT (same classes as ViT-B/16: patch conv, batch-first MultiheadAttention blocks).
-
-    The text tower keeps CLIP's 49408-token vocabulary so the BPE tokenizer shipped in the open_clip wheel works.
-    """
-    return {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": 4, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
-
-
-def build_tiny_open_clip(root: Path) -> Path:
-    """Build, save (``local-dir:`` layout) and return the tiny open_clip model directory. Idempotent."""
-
-    def build(tmp: Path) -> None:
-        import open_clip
-        import torch
-        from safetensors.torch import save_file
-
-        cfg = tiny_open_clip_config()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = open_clip.CLIP(**cfg)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "open_clip_model.safetensors"))
-        preprocess = {
-            "mean": [0.48145466, 0.4578275, 0.40821073],
-            "std": [0.26862954, 0.26130258, 0.27577711],
-            "interpolation": "bicubic",
-            "resize_mode": "shortest",
-        }
-        (tmp / "open_clip_config.json").write_text(
-            json.dumps({"model_cfg": cfg, "preprocess_cfg": preprocess}, indent=2)
-        )
-
-    return _build_atomically(Path(root) / OPEN_CLIP_DIRNAME, build)
-
-
-# ------------------------------------------------------------------------------------------------------- SAM3
 
 
 def _sam3_tokenizer():
@@ -240,25 +142,6 @@ def build_tiny_sam3(
         Sam3Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp / "detector")
         tracker.save_pretrained(tmp / "tracker")
         Sam3TrackerProcessor(image_processor=image_processor).save_pretrained(tmp / "tracker")
+        return {"seed": 0, "image_size": image_size, "vit_width": vit_width, "vit_layers": vit_layers}
 
-    return _build_atomically(Path(root) / dirname, build)
-
-
-# ---------------------------------------------------------------------------------------------------- all three
-
-
-def ensure_tiny_models(root: Path | None = None) -> dict[str, Path]:
-    """Build (first use) and return the tiny models: keys ``grounder``, ``matcher``, ``segmenter``.
-
-    ``matcher`` is an open_clip ``local-dir:`` directory, ``segmenter`` the directory holding ``detector/`` and
-    ``tracker/``, ``grounder`` the Qwen3-VL directory built by ``geoseg.grounding.tiny``.
-    """
-    root = Path(root) if root is not None else model_cache_dir()
-    out: dict[str, Path] = {
-        "matcher": build_tiny_open_clip(root),
-        "segmenter": build_tiny_sam3(root),
-    }
-    from geoseg.grounding.tiny import build_tiny_grounder_model
-
-    out["grounder"] = build_tiny_grounder_model(root)
-    return out
+    return build_atomically(Path(root) / dirname, "tiny-sam3", build)

@@ -7,25 +7,21 @@ image processor is Qwen's (patch 16, merge 2) capped at 128x128 pixels so an ima
 the video processor is ``Qwen3VLVideoProcessor()`` with defaults (the processor requires one); the chat template is
 written here in Qwen's ``<|im_start|>role ... <|im_end|>`` format.
 
-The weights are random, so the model's answers are random tokens and the parser normally finds no box in them. That
-is the honest outcome: the tiny model exercises loading, the chat template, image processing, generation and
-parsing, and its boxes and masks mean nothing.
+The weights are random: free decoding gives random tokens in which the parser normally finds no box; with
+constrained decoding (``geoseg.grounding.constrained``, the transformers grounder's default) the answer is a
+well-formed box of random place. Either way the tiny model exercises loading, the chat template, image processing,
+generation and parsing, and its boxes and masks mean nothing.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from geoseg.tiny.cache import build_atomically
 from geoseg.types import TINY_MODEL_WARNING
 
 TINY_GROUNDER_SUBDIR = "qwen3vl"
 TINY_QWEN25VL_SUBDIR = "qwen2_5vl"
-TINY_GROUNDER_FORMAT = 1  # bump when the built model changes; an older build is rebuilt
-_MARKER = "geolabel_tiny.json"
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -64,17 +60,6 @@ _WORDS: tuple[str, ...] = (
     "near", "green", "white", "dark", "round", "square", "shadow", "crop", "grass", "bare", "soil", "urban",
     "rural", "traffic", "nature",
 )
-
-
-def default_model_root() -> Path:
-    """The model cache root: ``geoseg.tiny.model_cache_dir()`` (env ``GEOLABEL_MODEL_CACHE``, default
-    ``~/.cache/geolabel/models``)."""
-    try:
-        from geoseg.tiny import model_cache_dir
-    except ImportError:  # geoseg.tiny not present in this checkout: same rule, stated here
-        env = os.environ.get("GEOLABEL_MODEL_CACHE")
-        return Path(env).expanduser() if env else Path.home() / ".cache" / "geolabel" / "models"
-    return Path(model_cache_dir())
 
 
 def _vocab() -> dict[str, int]:
@@ -240,30 +225,13 @@ def build_tiny_qwen25vl_config(vocab: dict[str, int]):
     )
 
 
-def _is_built(path: Path, kind: str) -> bool:
-    marker = path / _MARKER
-    if not marker.is_file():
-        return False
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("format") == TINY_GROUNDER_FORMAT and info.get("kind") == kind and (path / "config.json").is_file()
+def _build_vlm(root: Path, subdir: str, kind: str, make_processor, make_config, model_class: str, seed: int) -> Path:
+    """Build one tiny VLM into ``root / subdir`` through :func:`geoseg.tiny.cache.build_atomically`."""
 
+    def build(tmp: Path) -> dict:
+        import torch
+        import transformers
 
-def _build_tiny(root: Path, subdir: str, kind: str, make_processor, make_config, model_class: str, seed: int) -> Path:
-    """Build one tiny VLM into ``root / subdir`` (idempotent, atomic rename) and return that directory."""
-    root = Path(root).expanduser()
-    target = root / subdir
-    if _is_built(target, kind):
-        return target
-
-    import torch
-    import transformers
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{subdir}-build-", dir=root))
-    try:
         processor = make_processor()
         vocab = processor.tokenizer.get_vocab()
         config = make_config(vocab)
@@ -277,33 +245,11 @@ def _build_tiny(root: Path, subdir: str, kind: str, make_processor, make_config,
         processor.save_pretrained(tmp)
         (tmp / "README.md").write_text(
             f"# tiny random {model_class} (geolabel)\n\n"
-            f"Randomly initialised (seed {seed}); built offline by geoseg.grounding.tiny. {TINY_MODEL_WARNING}.\n"
+            f"Randomly initialised (seed {seed}); built offline by geoseg.tiny.qwen. {TINY_MODEL_WARNING}.\n"
         )
-        (tmp / _MARKER).write_text(
-            json.dumps(
-                {
-                    "format": TINY_GROUNDER_FORMAT,
-                    "kind": kind,
-                    "seed": seed,
-                    "transformers": transformers.__version__,
-                    "warning": TINY_MODEL_WARNING,
-                },
-                indent=2,
-            )
-        )
-        if _is_built(target, kind):  # another process finished first
-            return target
-        if target.exists():  # a stale or older build
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _is_built(target, kind):
-                raise
-        return target
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        return {"seed": seed}
+
+    return build_atomically(Path(root) / subdir, kind, build)
 
 
 def build_tiny_grounder_model(root: Path, seed: int = 0) -> Path:
@@ -312,7 +258,7 @@ def build_tiny_grounder_model(root: Path, seed: int = 0) -> Path:
     The build happens in a temporary sibling directory that is renamed into place, so concurrent builders and
     interrupted builds never leave a half-written model behind.
     """
-    return _build_tiny(
+    return _build_vlm(
         root,
         TINY_GROUNDER_SUBDIR,
         "tiny-qwen3vl",
@@ -327,7 +273,7 @@ def build_tiny_qwen25vl_model(root: Path, seed: int = 0) -> Path:
     """Build a tiny Qwen2.5-VL into ``root / "qwen2_5vl"`` (idempotent): the second model family the transformers
     backend supports; it answers in pixels of its resized input (``convention="pixel"``,
     ``pixel_frame="model_input"``)."""
-    return _build_tiny(
+    return _build_vlm(
         root,
         TINY_QWEN25VL_SUBDIR,
         "tiny-qwen2_5vl",
