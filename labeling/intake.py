@@ -35,21 +35,19 @@ annotations (a level outside L1-L3, an over-long query) are reported per annotat
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from geoseg.vocabulary import DOMAINS, LEVELS, normalise_domain, normalise_level, normalise_query, query_key
 from labeling.client import LabelStudioClient
 from labeling.project import ProjectHandle, ensure_project
 from storage import repo
-from storage.models import Annotation, Image, Item, LabelTask, Prediction
-from storage.records import LEVELS, MAX_QUERY_CHARS, ItemRecord
+from storage.models import Item
+from storage.records import MAX_QUERY_CHARS, ItemRecord
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,6 @@ QUERIES_FROM = "queries"
 LEVEL_FROM = "level"
 DOMAIN_FROM = "domain"
 IMAGE_TO = "image"
-DOMAINS = ("Urban", "Rural", "Traffic", "Nature")
 DEFAULT_INTAKE_TITLE = "GeoSeg query intake"
 META_KEY = "geolabel"
 
@@ -77,23 +74,8 @@ INTAKE_CONFIG = f"""<View>
 </View>
 """
 
-_WS = re.compile(r"\s+")
-
-
 class MalformedIntakeError(ValueError):
     """An intake annotation whose result cannot be turned into queries."""
-
-
-def normalise_query(text: str) -> str:
-    """NFKC, whitespace runs collapsed to one space, stripped: the text an item is stored with."""
-    if not isinstance(text, str):
-        raise MalformedIntakeError(f"a query must be text, got {type(text).__name__}")
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-
-
-def query_key(text: str) -> str:
-    """The identity of a query on an image: normalised and case-folded ("Red roofs" == "red  roofs")."""
-    return normalise_query(text).casefold()
 
 
 @dataclass(frozen=True)
@@ -129,16 +111,14 @@ def parse_intake_result(result: Iterable[Mapping[str, Any]]) -> list[IntakeQuery
             if len(choices) > 1:
                 raise MalformedIntakeError(f"'{name}' must be a single choice, got {choices}")
             if choices:
-                if name == LEVEL_FROM:
-                    lv = str(choices[0]).strip().upper()
-                    if lv not in LEVELS:
-                        raise MalformedIntakeError(f"level must be one of {LEVELS}, got {choices[0]!r}")
-                    level = lv
-                else:
-                    dom = str(choices[0]).strip()
-                    if dom not in DOMAINS:
-                        raise MalformedIntakeError(f"domain must be one of {DOMAINS}, got {choices[0]!r}")
-                    domain = dom
+                try:
+                    if name == LEVEL_FROM:
+                        level = normalise_level(choices[0])
+                    else:
+                        domain = normalise_domain(choices[0])
+                except ValueError:
+                    allowed = LEVELS if name == LEVEL_FROM else DOMAINS
+                    raise MalformedIntakeError(f"{name} must be one of {allowed}, got {choices[0]!r}") from None
     out: dict[str, IntakeQuery] = {}
     for t in texts:
         q = normalise_query(t)
@@ -207,10 +187,7 @@ def create_intake_tasks(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     report = IntakeTasksReport()
-    q = sa.select(Image).order_by(Image.id)
-    if image_ids is not None:
-        q = q.where(Image.id.in_(list(image_ids)))
-    images = list(session.scalars(q))
+    images = repo.get_images(session, image_ids)
     present = {
         (t.get("data") or {}).get("image_sha256")
         for t in client.iter_tasks(project.ls_project_id, fields="task_only", page_size=500)
@@ -301,16 +278,6 @@ def _task_queries(task: Mapping[str, Any], report: PullReport) -> dict[str, Inta
     return out
 
 
-def _has_work(session: Session, item_ids: list[int]) -> dict[int, str]:
-    """item id -> why it must be kept (predictions, review tasks, annotations)."""
-    why: dict[int, list[str]] = {}
-    for model, label in ((Prediction, "prediction"), (LabelTask, "review task"), (Annotation, "annotation")):
-        q = sa.select(model.item_id, sa.func.count()).where(model.item_id.in_(item_ids)).group_by(model.item_id)
-        for iid, n in session.execute(q):
-            why.setdefault(iid, []).append(f"{n} {label}(s)")
-    return {k: ", ".join(v) for k, v in why.items()}
-
-
 def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHandle) -> PullReport:
     """Make items of every query written in the intake project; handle edits/deletions (module docstring).
 
@@ -320,9 +287,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     report = PullReport()
     tasks = list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200))
     plans: list[tuple[dict[str, Any], int, dict[str, IntakeQuery], Ledger]] = []
-    shas = {(t.get("data") or {}).get("image_sha256") for t in tasks}
-    q_img = sa.select(Image.sha256, Image.id).where(Image.sha256.in_([s for s in shas if s]))
-    by_sha = dict(session.execute(q_img).tuples().all())
+    by_sha = repo.image_ids_by_sha(session, ((t.get("data") or {}).get("image_sha256") for t in tasks))
     for task in tasks:
         report.tasks_seen += 1
         sha = (task.get("data") or {}).get("image_sha256")
@@ -333,11 +298,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
         plans.append((task, image_id, _task_queries(task, report), _ledger(task)))
 
     # existing items on these images, by key (a CSV item "Red roof" is the intake query "red  roof")
-    image_ids = sorted({p[1] for p in plans})
-    existing: dict[tuple[int, str], Item] = {}
-    for start in range(0, len(image_ids), 500):
-        for it in session.scalars(sa.select(Item).where(Item.image_id.in_(image_ids[start : start + 500]))):
-            existing.setdefault((it.image_id, query_key(it.query)), it)
+    existing = repo.items_on_images(session, [p[1] for p in plans])
 
     new_records: list[ItemRecord] = []
     new_ids: set[int] = set()
@@ -378,7 +339,8 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     still_written = set(report.item_ids)  # the same item may still be written on another task of the same image
     gone = sorted(i for i in withdrawn if i not in still_written)
     if gone:
-        work = _has_work(session, gone)
+        work = repo.item_work(session, gone)
+        deletable: dict[int, str] = {}
         for iid in gone:
             item = session.get(Item, iid)
             if item is None:
@@ -388,8 +350,11 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
             elif not withdrawn[iid]:
                 report.kept.append((iid, item.query, "an origin outside intake (e.g. a queries file)"))
             else:
-                report.deleted.append((iid, item.query))
-                session.delete(item)
+                deletable[iid] = item.query
+        deleted = set(repo.delete_untouched_items(session, list(deletable)))
+        report.deleted.extend((iid, q) for iid, q in deletable.items() if iid in deleted)
+        report.kept.extend((iid, q, "work was done on it meanwhile") for iid, q in deletable.items()
+                           if iid not in deleted)
     session.commit()
     for task_id, ledger in new_ledgers.items():
         task = next(t for t, *_ in plans if int(t["id"]) == task_id)

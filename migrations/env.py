@@ -43,19 +43,38 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _run(conn) -> None:  # noqa: ANN001
+    """Run the migrations on ``conn``. On SQLite, foreign keys are off meanwhile: batch mode rebuilds a table by
+    dropping it, and with foreign keys on that DROP would cascade into the rows referencing it (predictions of
+    items...). They are checked (``PRAGMA foreign_key_check``) before the transaction commits, and switched back on."""
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction: SQLite ignores it inside one
+        conn.commit()
+    try:
+        _configure(conn)
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:
+                bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if bad:
+                    raise RuntimeError(f"migration left {len(bad)} dangling foreign key(s), e.g. {bad[:3]}")
+    finally:
+        if sqlite:
+            conn.commit()
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+
+
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        _run(connection)
         return
     engine = make_engine(_url())
     try:
         with engine.connect() as conn:
-            _configure(conn)
-            with context.begin_transaction():
-                context.run_migrations()
+            _run(conn)
     finally:
         engine.dispose()
 
