@@ -64,13 +64,26 @@ def image_roots(settings: Any, source: str) -> tuple[Path, ...]:
     return (src if src.is_dir() else src.parent,)
 
 
-def image_bytes(blobs: Any, settings: Any, sha256: str, uri: str) -> bytes:
-    """The bytes of image ``sha256``: the blob store's copy when it has one, else read from ``uri`` (local or S3)."""
-    from storage.sources import read_bytes
+def image_bytes(blobs: Any, sha256: str, uri: str, *, client: Any = None, settings: Any = None) -> bytes:
+    """The bytes of image ``sha256``: the blob store's copy when it has one, else read from ``uri`` (local or S3,
+    with ``client`` or one for ``settings.s3_endpoint_url``). ``SourceError`` when neither has it."""
+    from storage.sources import SourceError, read_bytes
 
     if blobs.exists(sha256):
         return blobs.get(sha256)
-    return read_bytes(uri, client=s3_client_for(settings) if is_s3(uri) else None)
+    if client is None and is_s3(uri) and settings is not None:
+        client = s3_client_for(settings)
+    try:
+        return read_bytes(uri, client=client)
+    except SourceError as exc:
+        raise SourceError(f"image {sha256[:12]}: not in the blob store, and {exc}") from exc
+
+
+def load_rgb(store: Store, sha256: str, uri: str) -> Any:
+    """Image ``sha256`` decoded to (H, W, 3) uint8 (``geoseg.imagery.read_image``), bytes from :func:`image_bytes`."""
+    from geoseg.imagery import read_image
+
+    return read_image(image_bytes(store.blobs, sha256, uri, settings=store.settings), name=uri).rgb
 
 
 def register_images(

@@ -1,8 +1,10 @@
-"""Frozen input records for the repository layer: what a flow hands to :mod:`storage.repo` to upsert.
+"""Frozen records of the repository layer: what a flow hands to :mod:`storage.repo` to upsert (write records), and
+the plain work lists some queries return (read records).
 
-They validate on construction (clear ``ValueError`` on a bad value) and carry plain JSON-able values, so a record
-built in a flow can be logged, retried or sent to a worker unchanged. ORM rows (:mod:`storage.models`) are what the
-queries return.
+Write records validate on construction (clear ``ValueError`` on a bad value) and carry plain JSON-able values, so a
+record built in a flow can be logged, retried or sent to a worker unchanged. Read records (:class:`ImageWork`,
+:class:`WorkItem`) are plain values read once in a session, safe to hand to a Prefect task after it closed; other
+queries return ORM rows (:mod:`storage.models`).
 """
 
 from __future__ import annotations
@@ -312,6 +314,27 @@ class TripletRecord:
 
     def row(self) -> dict[str, Any]:
         return _plain(self)
+
+
+# --- read records ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One item awaiting a prediction: its id and query."""
+
+    item_id: int
+    query: str
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    """The items of one image awaiting a prediction (the image is fetched and decoded once for all of them)."""
+
+    image_id: int
+    sha256: str
+    uri: str
+    items: tuple[WorkItem, ...]
 
 
 def _plain(record: Any) -> dict[str, Any]:

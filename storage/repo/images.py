@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, joinedload
 
 from storage.models import Image, Item, ItemStatus, Prediction, transition, utcnow
-from storage.records import ImageRecord, ItemRecord
+from storage.records import ImageRecord, ImageWork, ItemRecord, WorkItem
 from storage.repo.base import check_records, chunked, dialect_insert, row_locks
 
 
@@ -168,3 +168,25 @@ def delete_untouched_items(session: Session, item_ids: Sequence[int]) -> list[in
     for chunk in chunked(gone):
         session.execute(sa.delete(Item).where(Item.id.in_(chunk)).execution_options(synchronize_session="fetch"))
     return gone
+
+
+def pending_image_work(
+    session: Session, model_version: str, *, limit: int | None = None, retry_failed: bool = False
+) -> list[ImageWork]:
+    """:func:`items_awaiting_prediction` grouped by image (first-seen order) as plain read records."""
+    by_image: dict[int, tuple[tuple[str, str], list[WorkItem]]] = {}
+    for item in items_awaiting_prediction(session, model_version, limit=limit, retry_failed=retry_failed):
+        img = item.image
+        by_image.setdefault(img.id, ((img.sha256, img.uri), []))[1].append(WorkItem(item.id, item.query))
+    return [ImageWork(iid, sha, uri, tuple(items)) for iid, ((sha, uri), items) in by_image.items()]
+
+
+def image_refs(session: Session, image_ids: Iterable[int] | None = None) -> list[tuple[str, str, str | None, int]]:
+    """``(sha256, uri, format, id)`` of the registered images (all, or these ids), by id: what renditions need."""
+    cols = (Image.sha256, Image.uri, Image.format, Image.id)
+    if image_ids is None:
+        return [tuple(r) for r in session.execute(sa.select(*cols).order_by(Image.id))]
+    out: list[tuple[str, str, str | None, int]] = []
+    for chunk in chunked(sorted(set(image_ids))):
+        out += [tuple(r) for r in session.execute(sa.select(*cols).where(Image.id.in_(chunk)).order_by(Image.id))]
+    return out
