@@ -48,6 +48,7 @@ from labeling.project import ProjectHandle, ensure_project
 from storage import repo
 from storage.models import Item
 from storage.records import MAX_QUERY_CHARS, ItemRecord
+from storage.repo.base import chunked
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,7 @@ def create_intake_tasks(
             continue
         todo.append({"data": {"image": url, "image_sha256": img.sha256, "image_id": int(img.id)}})
         present.add(img.sha256)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    for batch in chunked(todo, batch_size):
         report.created += len(client.import_tasks(project.ls_project_id, batch))
     return report
 

@@ -7,7 +7,6 @@ decisions are annotations with verdict ``no_target`` (not retracted); they have 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -142,7 +141,3 @@ def no_target_annotation_ids(session: Session, f: DatasetFilter) -> sa.Select | 
                      annotation_id=Annotation.id)
     return q.order_by(Annotation.id)
 
-
-def chunked(ids: Sequence[int], size: int = 500):
-    for i in range(0, len(ids), size):
-        yield ids[i : i + size]

@@ -30,11 +30,9 @@ from storage.repo.annotations import (
     accepted_triplets,
     advance_watermark,
     annotations_since,
-    deciding_annotation,
     get_watermark,
     redecide_items,
     retract_annotations,
-    upsert_annotation,
     upsert_annotations,
     upsert_triplets,
 )
@@ -56,9 +54,7 @@ from storage.repo.images import (
     known_image_shas,
     pending_image_work,
     set_item_status,
-    upsert_image,
     upsert_images,
-    upsert_item,
     upsert_items,
 )
 from storage.repo.labeling import (
@@ -70,7 +66,6 @@ from storage.repo.labeling import (
 )
 from storage.repo.predictions import (
     prediction_for,
-    upsert_prediction,
     upsert_predictions,
 )
 from storage.repo.snapshots import (
@@ -89,7 +84,6 @@ __all__ = [
     "annotations_since",
     "count_rows",
     "create_snapshot",
-    "deciding_annotation",
     "delete_untouched_items",
     "get_images",
     "get_snapshot",
@@ -114,14 +108,10 @@ __all__ = [
     "retract_annotations",
     "set_item_status",
     "snapshot_manifest",
-    "upsert_annotation",
     "upsert_annotations",
-    "upsert_image",
     "upsert_images",
-    "upsert_item",
     "upsert_items",
     "upsert_label_project",
-    "upsert_prediction",
     "upsert_predictions",
     "upsert_triplets",
 ]

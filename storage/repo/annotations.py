@@ -76,10 +76,6 @@ def upsert_annotations(session: Session, records: Sequence[AnnotationRecord]) ->
     return out
 
 
-def upsert_annotation(session: Session, record: AnnotationRecord) -> int:
-    return upsert_annotations(session, [record])[record.ls_annotation_id]
-
-
 def retract_annotations(session: Session, ls_annotation_ids: Iterable[int]) -> int:
     """Mark annotations deleted in Label Studio as retracted and re-decide their items; returns how many changed."""
     ids = sorted({int(i) for i in ls_annotation_ids})
@@ -100,16 +96,6 @@ def retract_annotations(session: Session, ls_annotation_ids: Iterable[int]) -> i
     session.expire_all()
     redecide_items(session, sorted(items))
     return changed
-
-
-def deciding_annotation(session: Session, item_id: int) -> Annotation | None:
-    """The newest non-retracted annotation of the item (by updated_at, then id), or None."""
-    return session.scalars(
-        sa.select(Annotation)
-        .where(Annotation.item_id == item_id, Annotation.retracted.is_(False))
-        .order_by(Annotation.updated_at.desc(), Annotation.id.desc())
-        .limit(1)
-    ).one_or_none()
 
 
 def redecide_items(session: Session, item_ids: Sequence[int]) -> None:

@@ -29,10 +29,6 @@ def upsert_images(session: Session, records: Sequence[ImageRecord]) -> dict[str,
     return out
 
 
-def upsert_image(session: Session, record: ImageRecord) -> int:
-    return upsert_images(session, [record])[record.sha256]
-
-
 def image_by_sha(session: Session, sha256: str) -> Image | None:
     return session.scalars(sa.select(Image).where(Image.sha256 == sha256)).one_or_none()
 
@@ -84,10 +80,6 @@ def upsert_items(session: Session, records: Sequence[ItemRecord]) -> dict[tuple[
             if (image_id, key) in wanted:
                 by_key[(image_id, key)] = item_id
     return {(r.image_id, r.query): by_key[(r.image_id, r.query_key)] for r in records}
-
-
-def upsert_item(session: Session, record: ItemRecord) -> int:
-    return upsert_items(session, [record])[(record.image_id, record.query)]
 
 
 def set_item_status(session: Session, item_id: int, status: ItemStatus | str) -> Item:

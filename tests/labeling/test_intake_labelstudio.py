@@ -23,6 +23,7 @@ from labeling.intake import (
     parse_intake_result,
     query_key,
 )
+from tests.fixtures.storage import add_image, add_item
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 
@@ -49,7 +50,6 @@ def intake_env(labelstudio_server, tmp_path):
     """A database with two real aerial images below the server's local-files root, and the intake project."""
     from labeling.intake import ensure_intake_project
     from labeling.push import ImageUrlResolver
-    from storage import repo
     from storage.blobs import LocalBlobStore, sha256_hex
     from storage.db import create_all, make_engine
     from storage.records import ImageRecord
@@ -66,7 +66,7 @@ def intake_env(labelstudio_server, tmp_path):
         from PIL import Image as PILImage
 
         w, h = PILImage.open(dst).size
-        repo.upsert_image(session, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
+        add_image(session, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
     session.commit()
     handle = ensure_intake_project(
         ls.client, session, f"intake test {uuid.uuid4().hex[:6]}", imagery_root=ls.imagery_root
@@ -106,10 +106,9 @@ def test_intake_tasks_pull_edit_delete(intake_env):
     assert len(tasks) == 2 and all(t["data"]["image"].startswith("/data/local-files/?d=") for t in tasks)
     t1, t2 = sorted(tasks, key=lambda t: t["id"])
     # an item from a queries file already exists on image 2 (other case and spacing than the annotator will write)
-    from storage import repo
     from storage.records import ItemRecord
 
-    csv_item = repo.upsert_item(s, ItemRecord(t2["data"]["image_id"], "Bare  soil patch"))
+    csv_item = add_item(s, ItemRecord(t2["data"]["image_id"], "Bare  soil patch"))
     s.commit()
 
     # the annotator writes two queries on image 1 (one duplicated with other spacing/case) and one on image 2
