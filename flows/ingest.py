@@ -4,12 +4,14 @@
   decoded by ``geoseg.imagery.read_image`` (size, bands, dtype, CRS, transform; bad files rejected with a reason) and
   registered by the sha256 of its bytes, so the same picture under two names or re-ingested is one ``Image``. The
   bytes are copied into the blob store (content-addressed) so later stages never depend on the source staying put.
-* Queries: CSV (header ``image,query[,level][,domain]``) or JSONL (one object per line with those keys). ``image``
-  names an object by its path relative to the source, its bare file name when unique, or its full URI.
+* Queries: CSV (header ``image,query[,level][,domain]``) or JSONL (one object per line with those keys), parsed by
+  :mod:`storage.queries_file`. ``image`` names an object by its path relative to the source, its bare file name when
+  unique, or its full URI (:class:`storage.ingest.ImageIndex`).
 * Per-row problems (unknown image, empty query, bad level, unreadable image) are collected in the report with their
   line numbers and the batch goes on; nothing good is dropped because something else was bad.
-* Idempotent and resumable: every write is an upsert on the natural key (Image.sha256, Item(image, query)) through
-  :mod:`storage.repo`, committed per batch; killed and re-run, it skips what is done and finishes the rest.
+* Idempotent and resumable: every write is an upsert on the natural key (Image.sha256, Item(image, query key)) through
+  :mod:`storage.ingest` / :mod:`storage.repo`, committed per batch; killed and re-run, it skips what is done and
+  finishes the rest.
 """
 
 from __future__ import annotations
