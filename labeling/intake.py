@@ -278,15 +278,12 @@ def _task_queries(task: Mapping[str, Any], report: PullReport) -> dict[str, Inta
     return out
 
 
-def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHandle) -> PullReport:
-    """Make items of every query written in the intake project; handle edits/deletions (module docstring).
+Plan = tuple[dict[str, Any], int, dict[str, IntakeQuery], Ledger]  # (task, image id, key -> query, ledger)
 
-    Commits the database before writing each task's ledger back to Label Studio, so a crash in between only means the
-    next pull writes the same ledger again.
-    """
-    report = PullReport()
-    tasks = list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200))
-    plans: list[tuple[dict[str, Any], int, dict[str, IntakeQuery], Ledger]] = []
+
+def _plans(session: Session, tasks: list[dict[str, Any]], report: PullReport) -> list[Plan]:
+    """One plan per task whose image is registered here (the others are reported as skipped)."""
+    plans: list[Plan] = []
     by_sha = repo.image_ids_by_sha(session, ((t.get("data") or {}).get("image_sha256") for t in tasks))
     for task in tasks:
         report.tasks_seen += 1
@@ -296,32 +293,65 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
             report.skipped_tasks.append((int(task["id"]), f"image {sha!r} is not registered in this database"))
             continue
         plans.append((task, image_id, _task_queries(task, report), _ledger(task)))
+    return plans
 
-    # existing items on these images, by key (a CSV item "Red roof" is the intake query "red  roof")
+
+def _write_items(session: Session, plans: list[Plan], report: PullReport) -> tuple[dict[tuple[int, str], Item],
+                                                                                    set[int]]:
+    """Create the items of new queries, update level/domain of known ones; returns (items by (image, key), new ids).
+
+    Known items are matched by query key, so a CSV item "Red roof" is the intake query "red  roof"."""
     existing = repo.items_on_images(session, [p[1] for p in plans])
-
-    new_records: list[ItemRecord] = []
-    new_ids: set[int] = set()
+    new_records: dict[tuple[int, str], ItemRecord] = {}
     for _task, image_id, queries, _ in plans:
         for k, q in queries.items():
             it = existing.get((image_id, k))
             if it is None:
-                new_records.append(ItemRecord(image_id, q.query, q.level, q.domain))
-            else:
-                lv = q.level or it.level
-                dom = q.domain or it.domain
-                if (lv, dom) != (it.level, it.domain):
-                    it.level, it.domain = lv, dom
-                    report.items_updated += 1
+                new_records[(image_id, k)] = ItemRecord(image_id, q.query, q.level, q.domain)
+                continue
+            lv, dom = q.level or it.level, q.domain or it.domain
+            if (lv, dom) != (it.level, it.domain):
+                it.level, it.domain = lv, dom
+                report.items_updated += 1
+    new_ids: set[int] = set()
     if new_records:
-        uniq = {(r.image_id, query_key(r.query)): r for r in new_records}
-        ids = repo.upsert_items(session, list(uniq.values()))
-        report.items_new = len(uniq)
+        ids = repo.upsert_items(session, list(new_records.values()))
+        report.items_new = len(new_records)
         session.flush()
-        for (image_id, k), r in uniq.items():
-            it = session.get(Item, ids[(image_id, r.query)])
-            existing[(image_id, k)] = it
-            new_ids.add(it.id)
+        for key, r in new_records.items():
+            existing[key] = session.get(Item, ids[(r.image_id, r.query)])
+            new_ids.add(existing[key].id)
+    return existing, new_ids
+
+
+def _withdraw(session: Session, gone: list[int], created_by_intake: dict[int, bool], report: PullReport) -> None:
+    """Delete the withdrawn items intake created and nothing was done on; report the others as kept."""
+    work = repo.item_work(session, gone)
+    deletable: dict[int, str] = {}
+    for iid in gone:
+        item = session.get(Item, iid)
+        if item is None:
+            continue  # deleted by an earlier pull whose ledger write did not happen
+        if iid in work:
+            report.kept.append((iid, item.query, work[iid]))
+        elif not created_by_intake[iid]:
+            report.kept.append((iid, item.query, "an origin outside intake (e.g. a queries file)"))
+        else:
+            deletable[iid] = item.query
+    deleted = set(repo.delete_untouched_items(session, list(deletable)))
+    report.deleted.extend((iid, q) for iid, q in deletable.items() if iid in deleted)
+    report.kept.extend((iid, q, "work was done on it meanwhile") for iid, q in deletable.items() if iid not in deleted)
+
+
+def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHandle) -> PullReport:
+    """Make items of every query written in the intake project; handle edits/deletions (module docstring).
+
+    Commits the database before writing each task's ledger back to Label Studio, so a crash in between only means the
+    next pull writes the same ledger again.
+    """
+    report = PullReport()
+    plans = _plans(session, list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200)), report)
+    existing, new_ids = _write_items(session, plans, report)
 
     # withdrawn queries: in a task's ledger, no longer written on it
     withdrawn: dict[int, bool] = {}  # item id -> created by intake (deletable when untouched)
@@ -339,22 +369,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     still_written = set(report.item_ids)  # the same item may still be written on another task of the same image
     gone = sorted(i for i in withdrawn if i not in still_written)
     if gone:
-        work = repo.item_work(session, gone)
-        deletable: dict[int, str] = {}
-        for iid in gone:
-            item = session.get(Item, iid)
-            if item is None:
-                continue  # deleted by an earlier pull whose ledger write did not happen
-            if iid in work:
-                report.kept.append((iid, item.query, work[iid]))
-            elif not withdrawn[iid]:
-                report.kept.append((iid, item.query, "an origin outside intake (e.g. a queries file)"))
-            else:
-                deletable[iid] = item.query
-        deleted = set(repo.delete_untouched_items(session, list(deletable)))
-        report.deleted.extend((iid, q) for iid, q in deletable.items() if iid in deleted)
-        report.kept.extend((iid, q, "work was done on it meanwhile") for iid, q in deletable.items()
-                           if iid not in deleted)
+        _withdraw(session, gone, withdrawn, report)
     session.commit()
     for task_id, ledger in new_ledgers.items():
         task = next(t for t, *_ in plans if int(t["id"]) == task_id)

@@ -75,10 +75,14 @@ def _backfill(conn: sa.Connection) -> dict[tuple[int, str], list[Any]]:
     """Fill ``query_key``; returns the groups of more than one item by (image_id, key), oldest first."""
     rows = conn.execute(sa.select(item).order_by(item.c.id)).all()
     groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
+    keys = []
     for r in rows:
         k = query_key(r.query)
-        conn.execute(item.update().where(item.c.id == r.id).values(query_key=k))
+        keys.append({"b_id": r.id, "b_key": k})
         groups[(r.image_id, k)].append(r)
+    stmt = item.update().where(item.c.id == sa.bindparam("b_id")).values(query_key=sa.bindparam("b_key"))
+    for start in range(0, len(keys), 1000):  # executemany in slices (no app helpers in a migration: frozen code)
+        conn.execute(stmt, keys[start : start + 1000])
     return {k: sorted(v, key=lambda r: (r.created_at, r.id)) for k, v in groups.items() if len(v) > 1}
 
 
