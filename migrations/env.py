@@ -9,6 +9,8 @@ from storage.db import make_engine
 from storage.models import Base
 
 config = context.config
+#: PostgreSQL advisory lock key held by a migration run (any fixed 64-bit number; "geolabel" in ASCII).
+MIGRATION_LOCK_ID = 0x67656F6C6162656C
 target_metadata = Base.metadata
 
 
@@ -54,6 +56,8 @@ def _run(conn) -> None:  # noqa: ANN001
     try:
         _configure(conn)
         with context.begin_transaction():
+            if conn.dialect.name == "postgresql":  # two processes upgrading at once: the second waits, then sees head
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             context.run_migrations()
             if sqlite:
                 bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
