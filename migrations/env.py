@@ -48,7 +48,9 @@ def run_migrations_offline() -> None:
 def _run(conn) -> None:  # noqa: ANN001
     """Run the migrations on ``conn``. On SQLite, foreign keys are off meanwhile: batch mode rebuilds a table by
     dropping it, and with foreign keys on that DROP would cascade into the rows referencing it (predictions of
-    items...). They are checked (``PRAGMA foreign_key_check``) before the transaction commits, and switched back on."""
+    items...). They are checked (``PRAGMA foreign_key_check``) before the transaction commits, and switched back on.
+    The whole run is one transaction on both dialects (SQLite: an explicit ``BEGIN IMMEDIATE``, which also makes a
+    second process wait for the first), so a migration that fails or is killed halfway leaves the schema as it was."""
     sqlite = conn.dialect.name == "sqlite"
     if sqlite:
         conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction: SQLite ignores it inside one
@@ -58,6 +60,8 @@ def _run(conn) -> None:  # noqa: ANN001
         with context.begin_transaction():
             if conn.dialect.name == "postgresql":  # two processes upgrading at once: the second waits, then sees head
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+            if sqlite:  # pysqlite opens a transaction only before DML: without this, DDL before it would autocommit
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # and a failed or killed migration would leave half a table
             context.run_migrations()
             if sqlite:
                 bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

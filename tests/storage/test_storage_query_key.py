@@ -145,3 +145,33 @@ def test_concurrent_upgrades_on_postgresql_serialise(pg_schema_url):
     with mp.get_context("spawn").Pool(3) as pool:
         errors = [e for e in pool.map(_upgrade, [pg_schema_url] * 3) if e]
     assert errors == [] and db.current(pg_schema_url) == db.head_revision()
+
+
+def test_failed_upgrade_leaves_the_schema_as_it_was(db_url, monkeypatch):
+    """0002 fails halfway (after the item table was rebuilt with the new column): nothing of it stays."""
+    import geoseg.vocabulary
+
+    db.upgrade(db_url, "0001")
+    engine = db.make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            img = _insert(conn, "image", sha256="3" * 64, uri="/c.png", width=8, height=8, bands=3, dtype="uint8",
+                          created_at=T0.replace(tzinfo=None))
+            _item(conn, img, "a roof", 0)
+
+        def broken(text):
+            raise RuntimeError("simulated crash during the backfill")
+
+        monkeypatch.setattr(geoseg.vocabulary, "query_key", broken)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            db.upgrade(db_url)
+        assert db.current(db_url) == "0001"
+        insp = sa.inspect(engine)
+        assert "query_key" not in {c["name"] for c in insp.get_columns("item")}
+        assert not [t for t in insp.get_table_names() if t.startswith("_alembic_tmp")]
+        monkeypatch.undo()
+        db.upgrade(db_url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT query, query_key FROM item")).one() == ("a roof", "a roof")
+    finally:
+        engine.dispose()
