@@ -71,16 +71,18 @@ def main() -> None:
             for i in range(args.tasks):
                 path = imagery / f"img_{i}.png"
                 shutil.copyfile(imagery / "base.png", path)
-                image_id = repo.upsert_image(s, ImageRecord(sha256=f"{i:064x}", uri=str(path), width=n, height=n))
-                item_id = repo.upsert_item(s, ItemRecord(image_id=image_id, query=f"object {i}"))
+                sha256 = f"{i:064x}"
+                image_id = repo.upsert_images(s, [ImageRecord(sha256=sha256, uri=str(path), width=n, height=n)])[sha256]
+                query = f"object {i}"
+                item_id = repo.upsert_items(s, [ItemRecord(image_id=image_id, query=query)])[(image_id, query)]
                 if args.mask == "noise":
                     mask = rng.random((n, n)) < 0.5
                 else:
                     cy, cx, ry, rx = rng.uniform(0.3, 0.7) * n, rng.uniform(0.3, 0.7) * n, n / 8, n / 6
                     mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
                 sha = blobs.put(encode_mask(mask))
-                repo.upsert_prediction(
-                    s, PredictionRecord(item_id=item_id, model_version="bench", mask_sha256=sha, score=0.5)
+                repo.upsert_predictions(
+                    s, [PredictionRecord(item_id=item_id, model_version="bench", mask_sha256=sha, score=0.5)]
                 )
             s.commit()
             if args.ab:

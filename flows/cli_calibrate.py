@@ -26,10 +26,10 @@ def register(app: typer.Typer) -> None:
         """Fit the pipeline's parameters to accepted annotations; write a calibrated profile and its report."""
         from dataclasses import replace
 
-        from geoseg.registry import load_pipeline
         from flows.runtime import open_runtime
         from geoseg.calibrate import calibrate, profile_text, sample_from_stored
         from geoseg.evaluation.bench import read_benchmark
+        from geoseg.registry import load_pipeline
         from storage.datasets.calibration import stored_masks, stored_predictions
         from storage.datasets.snapshot import resolve_snapshot_dir
 

@@ -107,20 +107,18 @@ def run_with_progress(
     return result.get("value")
 
 
-def _count(rt: Any, model: Any, *where: Any) -> int:
-    import sqlalchemy as sa
+def _count_predictions(rt: Any, mv: str) -> int:
+    from storage.status import count_predictions
 
     with rt.session() as s:
-        q = sa.select(sa.func.count()).select_from(model)
-        for w in where:
-            q = q.where(w)
-        return int(s.execute(q).scalar_one())
+        return count_predictions(s, mv)
 
 
-def _count_predictions(rt: Any, mv: str) -> int:
-    from storage.models import Prediction
+def _count_tasks(rt: Any) -> int:
+    from storage.status import count_label_tasks
 
-    return _count(rt, Prediction, Prediction.model_version == mv, Prediction.error.is_(None))
+    with rt.session() as s:
+        return count_label_tasks(s)
 
 
 def _print_json(obj: Any) -> None:
@@ -212,7 +210,6 @@ def register(app: typer.Typer) -> None:
         from flows.runtime import open_runtime, settings_from
         from geoseg.registry import model_version_of
         from geoseg.types import TINY_MODEL_WARNING
-        from storage.models import Prediction
 
         ov = overrides_for(data_dir)
         rt = open_runtime(settings_from(ov))
@@ -221,7 +218,7 @@ def register(app: typer.Typer) -> None:
         rep = run_with_progress(
             f"pre-annotating ({mv})",
             todo,
-            lambda: _count(rt, Prediction, Prediction.model_version == mv, Prediction.error.is_(None)),
+            lambda: _count_predictions(rt, mv),
             lambda: preannotate_flow(
                 profile, settings_overrides=ov, limit=limit, batch_size=batch_size, concurrency=concurrency
             ),
@@ -248,7 +245,6 @@ def register(app: typer.Typer) -> None:
         from flows.labeling_flows import push_flow
         from flows.runtime import open_runtime, settings_from
         from geoseg.registry import model_version_of
-        from storage.models import LabelTask
 
         ov = overrides_for(data_dir)
         rt = open_runtime(settings_from(ov))
@@ -257,7 +253,7 @@ def register(app: typer.Typer) -> None:
         rep = run_with_progress(
             f"pushing ({mv})",
             _count_predictions(rt, mv),
-            lambda: _count(rt, LabelTask),
+            lambda: _count_tasks(rt),
             lambda: push_flow(
                 profile, settings_overrides=ov, model_version=mv, project_title=project, batch_size=batch_size
             ),

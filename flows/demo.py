@@ -98,7 +98,7 @@ def demo_item_ids(session: Any, queries_file: Path = DEMO_QUERIES) -> set[int]:
     import sqlalchemy as sa
 
     from flows.ingest import parse_queries
-    from labeling.intake import query_key
+    from geoseg.vocabulary import query_key
     from storage.models import Image, Item
 
     rows, _issues = parse_queries(queries_file.read_bytes(), name=str(queries_file))

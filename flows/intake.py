@@ -43,17 +43,14 @@ class IntakeSummary:
 
 
 def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = True) -> IntakeSummary:
-    import sqlalchemy as sa
-    from sqlalchemy.orm import Session
-
-    from flows.labeling_flows import DisplayImages, document_root, label_studio_client
+    from flows.labeling_flows import DisplayImages, imagery_root, label_studio_client
     from labeling.intake import DEFAULT_INTAKE_TITLE, create_intake_tasks, ensure_intake_project, pull_queries
-    from storage.models import Image
+    from storage import repo
 
     log = _logger()
-    with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
+    with label_studio_client(rt.settings) as client, rt.session() as session:
         handle = ensure_intake_project(
-            client, session, project_title or DEFAULT_INTAKE_TITLE, imagery_root=document_root(rt.settings)
+            client, session, project_title or DEFAULT_INTAKE_TITLE, imagery_root=imagery_root(rt.settings)
         )
         session.commit()
         created, failed = 0, []
@@ -62,11 +59,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
                 (t.get("data") or {}).get("image_sha256")
                 for t in client.iter_tasks(handle.ls_project_id, fields="task_only", page_size=500)
             }
-            rows = [
-                tuple(r)
-                for r in session.execute(sa.select(Image.sha256, Image.uri, Image.format, Image.id))
-                if r[0] not in present
-            ]
+            rows = [r for r in repo.image_refs(session) if r[0] not in present]
             session.rollback()
             if rows:
                 display = DisplayImages(rt)

@@ -98,16 +98,9 @@ class DisplayImages:
         return buf.getvalue(), ".png"
 
     def _image_bytes(self, sha: str, uri: str) -> bytes:
-        if self.rt.blobs.exists(sha):
-            return self.rt.blobs.get(sha)
-        from storage.sources import read_bytes
+        from storage.ingest import image_bytes
 
-        client = None
-        if uri.startswith("s3://"):
-            from storage.blobs import s3_client
-
-            client = s3_client(endpoint_url=self.rt.settings.s3_endpoint_url)
-        return read_bytes(uri, client=client)
+        return image_bytes(self.rt.blobs, sha, uri, settings=self.rt.settings)
 
     def prepare(self, images: list[tuple[str, str, str | None]]) -> list[tuple[str, str]]:
         """Make renditions for (sha256, uri, format) triples; returns (uri, error) for the ones that failed."""
@@ -146,7 +139,6 @@ class DisplayImages:
             raise ValueError(f"{uri}: no displayable rendition was prepared") from None
 
 
-document_root = imagery_root  # the earlier name, kept for callers (flows.intake)
 
 
 def label_studio_client(settings: Any) -> Any:
@@ -164,12 +156,10 @@ def _project(client: Any, session: Any, settings: Any, title: str | None) -> Any
 
 
 def push(rt: Runtime, model_version: str, project_title: str | None = None, batch_size: int = 200) -> PushSummary:
-    import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
     from labeling.push import PushJob, push_predictions
     from storage import repo
-    from storage.models import Image
 
     log = _logger()
     t0 = time.perf_counter()
@@ -177,11 +167,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         handle = _project(client, session, rt.settings, project_title)
         pending = repo.predictions_awaiting_push(session, handle.label_project_id, model_version)
         jobs = [PushJob.of(item, item.image, pred) for item, pred in pending]  # plain values, read once
-        image_ids = sorted({item.image_id for item, _ in pending})
-        images = []
-        for chunk_start in range(0, len(image_ids), 500):
-            chunk = image_ids[chunk_start : chunk_start + 500]
-            images += list(session.execute(sa.select(Image.sha256, Image.uri, Image.format).where(Image.id.in_(chunk))))
+        images = [r[:3] for r in repo.image_refs(session, {item.image_id for item, _ in pending})]
         session.rollback()  # release the read transaction before the long push (SQLite writers)
         display = DisplayImages(rt)
         for uri, err in display.prepare([tuple(r) for r in images]):

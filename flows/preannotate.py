@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,24 +34,12 @@ from flows.ingest import _logger
 from flows.prefect_server import publish_report, stage_progress
 from flows.runtime import Runtime, open_runtime, settings_from
 from geoseg.registry import load_pipeline, model_version_of
+from storage.ingest import load_rgb
+from storage.records import ImageWork, WorkItem  # noqa: F401 - re-exported (callers import them from here)
 
 MODEL_CONCURRENCY_LIMIT = "geolabel-model"
 
 _model_slots: dict[int, threading.BoundedSemaphore] = {}
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    item_id: int
-    query: str
-
-
-@dataclass(frozen=True)
-class ImageWork:
-    image_id: int
-    sha256: str
-    uri: str
-    items: tuple[WorkItem, ...]
 
 
 @dataclass(frozen=True)
@@ -105,28 +92,12 @@ def plan_batches(images: list[ImageWork], batch_size: int) -> list[list[ImageWor
 def pending_work(rt: Runtime, model_version: str, limit: int | None, retry_failed: bool) -> list[ImageWork]:
     from storage import repo
 
-    by_image: OrderedDict[int, tuple[Any, list[WorkItem]]] = OrderedDict()
     with rt.session() as s:
-        for item in repo.items_awaiting_prediction(s, model_version, limit=limit, retry_failed=retry_failed):
-            img = item.image
-            by_image.setdefault(img.id, ((img.sha256, img.uri), []))[1].append(WorkItem(item.id, item.query))
-    return [ImageWork(iid, sha, uri, tuple(items)) for iid, ((sha, uri), items) in by_image.items()]
+        return repo.pending_image_work(s, model_version, limit=limit, retry_failed=retry_failed)
 
 
 def _load_rgb(rt: Runtime, work: ImageWork) -> Any:
-    from geoseg.imagery import read_image
-    from storage.sources import read_bytes
-
-    if rt.blobs.exists(work.sha256):
-        data = rt.blobs.get(work.sha256)
-    else:
-        client = None
-        if work.uri.startswith("s3://"):
-            from storage.blobs import s3_client
-
-            client = s3_client(endpoint_url=rt.settings.s3_endpoint_url)
-        data = read_bytes(work.uri, client=client)
-    return read_image(data, name=work.uri).rgb
+    return load_rgb(rt, work.sha256, work.uri)
 
 
 def global_limit_exists() -> bool:

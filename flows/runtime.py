@@ -7,12 +7,11 @@ One :class:`Runtime` per (database URL, blob URL) per process, built on first us
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from storage.repo.base import chunked as chunks  # noqa: F401 - the one batching helper, under its flows name
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, str], Runtime] = {}
@@ -80,16 +79,3 @@ def settings_from(overrides: dict[str, Any] | None) -> Any:
     from storage.settings import Settings
 
     return Settings.load(**(overrides or {}))
-
-
-def chunks(seq: Iterable[T], size: int) -> Iterator[list[T]]:
-    if size < 1:
-        raise ValueError(f"batch size must be >= 1, got {size}")
-    batch: list[T] = []
-    for x in seq:
-        batch.append(x)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

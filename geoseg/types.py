@@ -14,12 +14,11 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-Route = Literal["intersection", "point", "text", "empty"]
-ROUTES: tuple[str, ...] = ("intersection", "point", "text", "empty")
+from geoseg.vocabulary import ROUTES, Route  # re-exported: the routes are part of the result type
 
 #: Where Route A's point prompts come from: CLIP Surgery keypoints (paper), the grounder's positive points
 #: (Think2Seg-RS; CLIP keypoints for a box without any), or both.

@@ -35,21 +35,20 @@ annotations (a level outside L1-L3, an over-long query) are reported per annotat
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from geoseg.vocabulary import DOMAINS, LEVELS, normalise_domain, normalise_level, normalise_query, query_key
 from labeling.client import LabelStudioClient
 from labeling.project import ProjectHandle, ensure_project
 from storage import repo
-from storage.models import Annotation, Image, Item, LabelTask, Prediction
-from storage.records import LEVELS, MAX_QUERY_CHARS, ItemRecord
+from storage.models import Item
+from storage.records import MAX_QUERY_CHARS, ItemRecord
+from storage.repo.base import chunked
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ QUERIES_FROM = "queries"
 LEVEL_FROM = "level"
 DOMAIN_FROM = "domain"
 IMAGE_TO = "image"
-DOMAINS = ("Urban", "Rural", "Traffic", "Nature")
 DEFAULT_INTAKE_TITLE = "GeoSeg query intake"
 META_KEY = "geolabel"
 
@@ -77,23 +75,8 @@ INTAKE_CONFIG = f"""<View>
 </View>
 """
 
-_WS = re.compile(r"\s+")
-
-
 class MalformedIntakeError(ValueError):
     """An intake annotation whose result cannot be turned into queries."""
-
-
-def normalise_query(text: str) -> str:
-    """NFKC, whitespace runs collapsed to one space, stripped: the text an item is stored with."""
-    if not isinstance(text, str):
-        raise MalformedIntakeError(f"a query must be text, got {type(text).__name__}")
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).strip()
-
-
-def query_key(text: str) -> str:
-    """The identity of a query on an image: normalised and case-folded ("Red roofs" == "red  roofs")."""
-    return normalise_query(text).casefold()
 
 
 @dataclass(frozen=True)
@@ -129,16 +112,14 @@ def parse_intake_result(result: Iterable[Mapping[str, Any]]) -> list[IntakeQuery
             if len(choices) > 1:
                 raise MalformedIntakeError(f"'{name}' must be a single choice, got {choices}")
             if choices:
-                if name == LEVEL_FROM:
-                    lv = str(choices[0]).strip().upper()
-                    if lv not in LEVELS:
-                        raise MalformedIntakeError(f"level must be one of {LEVELS}, got {choices[0]!r}")
-                    level = lv
-                else:
-                    dom = str(choices[0]).strip()
-                    if dom not in DOMAINS:
-                        raise MalformedIntakeError(f"domain must be one of {DOMAINS}, got {choices[0]!r}")
-                    domain = dom
+                try:
+                    if name == LEVEL_FROM:
+                        level = normalise_level(choices[0])
+                    else:
+                        domain = normalise_domain(choices[0])
+                except ValueError:
+                    allowed = LEVELS if name == LEVEL_FROM else DOMAINS
+                    raise MalformedIntakeError(f"{name} must be one of {allowed}, got {choices[0]!r}") from None
     out: dict[str, IntakeQuery] = {}
     for t in texts:
         q = normalise_query(t)
@@ -207,10 +188,7 @@ def create_intake_tasks(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     report = IntakeTasksReport()
-    q = sa.select(Image).order_by(Image.id)
-    if image_ids is not None:
-        q = q.where(Image.id.in_(list(image_ids)))
-    images = list(session.scalars(q))
+    images = repo.get_images(session, image_ids)
     present = {
         (t.get("data") or {}).get("image_sha256")
         for t in client.iter_tasks(project.ls_project_id, fields="task_only", page_size=500)
@@ -227,8 +205,7 @@ def create_intake_tasks(
             continue
         todo.append({"data": {"image": url, "image_sha256": img.sha256, "image_id": int(img.id)}})
         present.add(img.sha256)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    for batch in chunked(todo, batch_size):
         report.created += len(client.import_tasks(project.ls_project_id, batch))
     return report
 
@@ -301,14 +278,69 @@ def _task_queries(task: Mapping[str, Any], report: PullReport) -> dict[str, Inta
     return out
 
 
-def _has_work(session: Session, item_ids: list[int]) -> dict[int, str]:
-    """item id -> why it must be kept (predictions, review tasks, annotations)."""
-    why: dict[int, list[str]] = {}
-    for model, label in ((Prediction, "prediction"), (LabelTask, "review task"), (Annotation, "annotation")):
-        q = sa.select(model.item_id, sa.func.count()).where(model.item_id.in_(item_ids)).group_by(model.item_id)
-        for iid, n in session.execute(q):
-            why.setdefault(iid, []).append(f"{n} {label}(s)")
-    return {k: ", ".join(v) for k, v in why.items()}
+Plan = tuple[dict[str, Any], int, dict[str, IntakeQuery], Ledger]  # (task, image id, key -> query, ledger)
+
+
+def _plans(session: Session, tasks: list[dict[str, Any]], report: PullReport) -> list[Plan]:
+    """One plan per task whose image is registered here (the others are reported as skipped)."""
+    plans: list[Plan] = []
+    by_sha = repo.image_ids_by_sha(session, ((t.get("data") or {}).get("image_sha256") for t in tasks))
+    for task in tasks:
+        report.tasks_seen += 1
+        sha = (task.get("data") or {}).get("image_sha256")
+        image_id = by_sha.get(sha) if isinstance(sha, str) else None
+        if image_id is None:
+            report.skipped_tasks.append((int(task["id"]), f"image {sha!r} is not registered in this database"))
+            continue
+        plans.append((task, image_id, _task_queries(task, report), _ledger(task)))
+    return plans
+
+
+def _write_items(session: Session, plans: list[Plan], report: PullReport) -> tuple[dict[tuple[int, str], Item],
+                                                                                    set[int]]:
+    """Create the items of new queries, update level/domain of known ones; returns (items by (image, key), new ids).
+
+    Known items are matched by query key, so a CSV item "Red roof" is the intake query "red  roof"."""
+    existing = repo.items_on_images(session, [p[1] for p in plans])
+    new_records: dict[tuple[int, str], ItemRecord] = {}
+    for _task, image_id, queries, _ in plans:
+        for k, q in queries.items():
+            it = existing.get((image_id, k))
+            if it is None:
+                new_records[(image_id, k)] = ItemRecord(image_id, q.query, q.level, q.domain)
+                continue
+            lv, dom = q.level or it.level, q.domain or it.domain
+            if (lv, dom) != (it.level, it.domain):
+                it.level, it.domain = lv, dom
+                report.items_updated += 1
+    new_ids: set[int] = set()
+    if new_records:
+        ids = repo.upsert_items(session, list(new_records.values()))
+        report.items_new = len(new_records)
+        session.flush()
+        for key, r in new_records.items():
+            existing[key] = session.get(Item, ids[(r.image_id, r.query)])
+            new_ids.add(existing[key].id)
+    return existing, new_ids
+
+
+def _withdraw(session: Session, gone: list[int], created_by_intake: dict[int, bool], report: PullReport) -> None:
+    """Delete the withdrawn items intake created and nothing was done on; report the others as kept."""
+    work = repo.item_work(session, gone)
+    deletable: dict[int, str] = {}
+    for iid in gone:
+        item = session.get(Item, iid)
+        if item is None:
+            continue  # deleted by an earlier pull whose ledger write did not happen
+        if iid in work:
+            report.kept.append((iid, item.query, work[iid]))
+        elif not created_by_intake[iid]:
+            report.kept.append((iid, item.query, "an origin outside intake (e.g. a queries file)"))
+        else:
+            deletable[iid] = item.query
+    deleted = set(repo.delete_untouched_items(session, list(deletable)))
+    report.deleted.extend((iid, q) for iid, q in deletable.items() if iid in deleted)
+    report.kept.extend((iid, q, "work was done on it meanwhile") for iid, q in deletable.items() if iid not in deleted)
 
 
 def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHandle) -> PullReport:
@@ -318,49 +350,8 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     next pull writes the same ledger again.
     """
     report = PullReport()
-    tasks = list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200))
-    plans: list[tuple[dict[str, Any], int, dict[str, IntakeQuery], Ledger]] = []
-    shas = {(t.get("data") or {}).get("image_sha256") for t in tasks}
-    q_img = sa.select(Image.sha256, Image.id).where(Image.sha256.in_([s for s in shas if s]))
-    by_sha = dict(session.execute(q_img).tuples().all())
-    for task in tasks:
-        report.tasks_seen += 1
-        sha = (task.get("data") or {}).get("image_sha256")
-        image_id = by_sha.get(sha) if isinstance(sha, str) else None
-        if image_id is None:
-            report.skipped_tasks.append((int(task["id"]), f"image {sha!r} is not registered in this database"))
-            continue
-        plans.append((task, image_id, _task_queries(task, report), _ledger(task)))
-
-    # existing items on these images, by key (a CSV item "Red roof" is the intake query "red  roof")
-    image_ids = sorted({p[1] for p in plans})
-    existing: dict[tuple[int, str], Item] = {}
-    for start in range(0, len(image_ids), 500):
-        for it in session.scalars(sa.select(Item).where(Item.image_id.in_(image_ids[start : start + 500]))):
-            existing.setdefault((it.image_id, query_key(it.query)), it)
-
-    new_records: list[ItemRecord] = []
-    new_ids: set[int] = set()
-    for _task, image_id, queries, _ in plans:
-        for k, q in queries.items():
-            it = existing.get((image_id, k))
-            if it is None:
-                new_records.append(ItemRecord(image_id, q.query, q.level, q.domain))
-            else:
-                lv = q.level or it.level
-                dom = q.domain or it.domain
-                if (lv, dom) != (it.level, it.domain):
-                    it.level, it.domain = lv, dom
-                    report.items_updated += 1
-    if new_records:
-        uniq = {(r.image_id, query_key(r.query)): r for r in new_records}
-        ids = repo.upsert_items(session, list(uniq.values()))
-        report.items_new = len(uniq)
-        session.flush()
-        for (image_id, k), r in uniq.items():
-            it = session.get(Item, ids[(image_id, r.query)])
-            existing[(image_id, k)] = it
-            new_ids.add(it.id)
+    plans = _plans(session, list(client.iter_tasks(project.ls_project_id, fields="all", page_size=200)), report)
+    existing, new_ids = _write_items(session, plans, report)
 
     # withdrawn queries: in a task's ledger, no longer written on it
     withdrawn: dict[int, bool] = {}  # item id -> created by intake (deletable when untouched)
@@ -378,18 +369,7 @@ def pull_queries(client: LabelStudioClient, session: Session, project: ProjectHa
     still_written = set(report.item_ids)  # the same item may still be written on another task of the same image
     gone = sorted(i for i in withdrawn if i not in still_written)
     if gone:
-        work = _has_work(session, gone)
-        for iid in gone:
-            item = session.get(Item, iid)
-            if item is None:
-                continue  # deleted by an earlier pull whose ledger write did not happen
-            if iid in work:
-                report.kept.append((iid, item.query, work[iid]))
-            elif not withdrawn[iid]:
-                report.kept.append((iid, item.query, "an origin outside intake (e.g. a queries file)"))
-            else:
-                report.deleted.append((iid, item.query))
-                session.delete(item)
+        _withdraw(session, gone, withdrawn, report)
     session.commit()
     for task_id, ledger in new_ledgers.items():
         task = next(t for t, *_ in plans if int(t["id"]) == task_id)

@@ -35,6 +35,7 @@ from storage.blobs import BlobStore
 from storage.maskcodec import decode_mask
 from storage.models import Image, Item, Prediction
 from storage.records import LabelTaskRecord
+from storage.repo.base import chunked
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def push_predictions(
         session.commit()
 
     todo = list(by_item.values())
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    batches = list(chunked(todo, batch_size))
     # The next batch's payloads (mask decode + brush encode) are built in a worker thread while the current import
     # request is in flight; imports, database writes and commits stay in this thread, in order.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-payloads") if overlap else None

@@ -6,7 +6,7 @@ Tables and their natural (unique) keys -- every flow upserts on these, so re-run
 table          unique key                      holds
 ============== =============================== =========================================================
 image          sha256                          uri, size, bands, dtype, CRS + geotransform, source
-item           (image_id, query)               the query text, level L1/L2/L3, domain, status
+item           (image_id, query_key)           the query text (and its key), level L1/L2/L3, domain, status
 prediction     (item_id, model_version)        boxes, phrase, keypoints, route, validities, mask blob
 label_project  (label_studio_url, ls_project)  a Label Studio project and its sync watermark
 label_task     (label_project_id, item_id)     the LS task id and the prediction pushed as pre-label
@@ -48,6 +48,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from geoseg.vocabulary import LEVELS, ROUTES, query_key
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -137,9 +139,6 @@ class IllegalTransitionError(ValueError):
     """An item status move the state machine does not allow."""
 
 
-IllegalTransition = IllegalTransitionError
-
-
 def check_transition(old: ItemStatus | str, new: ItemStatus | str) -> ItemStatus:
     """Validate ``old -> new`` and return ``new`` as an :class:`ItemStatus`; raise :class:`IllegalTransitionError`."""
     try:
@@ -178,6 +177,10 @@ def _enum(cls: type[enum.Enum], name: str) -> sa.Enum:
 SHA = sa.String(64)
 
 
+def _sql_list(words: tuple[str, ...]) -> str:
+    return ", ".join(f"'{w}'" for w in words)
+
+
 class Image(Base):
     __tablename__ = "image"
 
@@ -205,12 +208,20 @@ class Image(Base):
         return f"Image(id={self.id}, sha256={self.sha256[:12]}…, {self.width}x{self.height}x{self.bands})"
 
 
+def _query_key_default(context: Any) -> str:
+    return query_key(context.get_current_parameters()["query"])
+
+
 class Item(Base):
+    """An (image, query) pair. ``query_key`` (``geoseg.vocabulary.query_key`` of the query: NFKC, whitespace collapsed,
+    case-folded) is its identity on the image: "Red  roof" and "red roof" are one item (migration 0002)."""
+
     __tablename__ = "item"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(sa.ForeignKey("image.id", ondelete="CASCADE"))
     query: Mapped[str] = mapped_column(sa.Text)
+    query_key: Mapped[str] = mapped_column(sa.Text, default=_query_key_default)
     level: Mapped[str | None] = mapped_column(sa.String(2))
     domain: Mapped[str | None] = mapped_column(sa.String(64))
     status: Mapped[ItemStatus] = mapped_column(_enum(ItemStatus, "item_status"), default=ItemStatus.NEW, index=True)
@@ -221,8 +232,8 @@ class Item(Base):
     predictions: Mapped[list[Prediction]] = relationship(back_populates="item")
 
     __table_args__ = (
-        sa.UniqueConstraint("image_id", "query"),
-        sa.CheckConstraint("level IS NULL OR level IN ('L1', 'L2', 'L3')", name="level"),
+        sa.UniqueConstraint("image_id", "query_key"),
+        sa.CheckConstraint(f"level IS NULL OR level IN ({_sql_list(LEVELS)})", name="level"),
     )
 
     def __repr__(self) -> str:
@@ -260,7 +271,7 @@ class Prediction(Base):
     __table_args__ = (
         sa.UniqueConstraint("item_id", "model_version"),
         sa.CheckConstraint(
-            "route IS NULL OR route IN ('intersection', 'point', 'text', 'empty')", name="route"
+            f"route IS NULL OR route IN ({_sql_list(ROUTES)})", name="route"
         ),
     )
 
@@ -413,7 +424,3 @@ class SnapshotMember(Base):
 
     __table_args__ = (sa.UniqueConstraint("snapshot_id", "triplet_id"),)
 
-
-ALL_MODELS = (
-    Image, Item, Prediction, LabelProject, LabelTask, Annotation, Triplet, Snapshot, SnapshotMember, ItemConsensus,
-)

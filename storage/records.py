@@ -1,8 +1,10 @@
-"""Frozen input records for the repository layer: what a flow hands to :mod:`storage.repo` to upsert.
+"""Frozen records of the repository layer: what a flow hands to :mod:`storage.repo` to upsert (write records), and
+the plain work lists some queries return (read records).
 
-They validate on construction (clear ``ValueError`` on a bad value) and carry plain JSON-able values, so a record
-built in a flow can be logged, retried or sent to a worker unchanged. ORM rows (:mod:`storage.models`) are what the
-queries return.
+Write records validate on construction (clear ``ValueError`` on a bad value) and carry plain JSON-able values, so a
+record built in a flow can be logged, retried or sent to a worker unchanged. Read records (:class:`ImageWork`,
+:class:`WorkItem`) are plain values read once in a session, safe to hand to a Prefect task after it closed; other
+queries return ORM rows (:mod:`storage.models`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
+from geoseg.vocabulary import ROUTES, normalise_domain, normalise_level, normalise_query, query_key
 from storage.models import Verdict
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-LEVELS = ("L1", "L2", "L3")
-ROUTES = ("intersection", "point", "text", "empty")
 #: Longer queries are refused (a unique index on PostgreSQL holds at most ~2.7 kB per key).
 MAX_QUERY_CHARS = 1000
 
@@ -117,6 +118,9 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class ItemRecord:
+    """An (image, query) item. The query is stored normalised (``geoseg.vocabulary.normalise_query``); its identity on
+    the image is :attr:`query_key` (normalised and case-folded), the key ``repo.upsert_items`` merges on."""
+
     image_id: int
     query: str
     level: str | None = None
@@ -124,23 +128,27 @@ class ItemRecord:
 
     def __post_init__(self) -> None:
         _pos_int("ItemRecord.image_id", self.image_id)
-        if not isinstance(self.query, str) or not self.query.strip():
+        if not isinstance(self.query, str) or not normalise_query(self.query):
             raise ValueError("ItemRecord.query must be a non-empty string")
-        object.__setattr__(self, "query", self.query.strip())
+        object.__setattr__(self, "query", normalise_query(self.query))
         _max_len("ItemRecord.query", self.query, MAX_QUERY_CHARS)
-        if self.level is not None:
-            lvl = str(self.level).strip().upper()
-            if lvl not in LEVELS:
-                raise ValueError(f"ItemRecord.level must be one of {LEVELS} or empty, got {self.level!r}")
-            object.__setattr__(self, "level", lvl)
-        if self.domain is not None:
-            dom = str(self.domain).strip()
-            if len(dom) > 64:
-                raise ValueError(f"ItemRecord.domain is longer than 64 characters: {dom[:70]!r}")
-            object.__setattr__(self, "domain", dom or None)
+        try:
+            object.__setattr__(self, "level", normalise_level(self.level))
+        except ValueError as exc:
+            raise ValueError(f"ItemRecord.{exc}") from None
+        if self.domain is not None and len(str(self.domain).strip()) > 64:
+            raise ValueError(f"ItemRecord.domain is longer than 64 characters: {str(self.domain).strip()[:70]!r}")
+        try:
+            object.__setattr__(self, "domain", normalise_domain(self.domain))
+        except ValueError as exc:
+            raise ValueError(f"ItemRecord.{exc}") from None
+
+    @property
+    def query_key(self) -> str:
+        return query_key(self.query)
 
     def row(self) -> dict[str, Any]:
-        return _plain(self)
+        return {**_plain(self), "query_key": self.query_key}
 
 
 @dataclass(frozen=True)
@@ -316,6 +324,27 @@ class TripletRecord:
 
     def row(self) -> dict[str, Any]:
         return _plain(self)
+
+
+# --- read records ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One item awaiting a prediction: its id and query."""
+
+    item_id: int
+    query: str
+
+
+@dataclass(frozen=True)
+class ImageWork:
+    """The items of one image awaiting a prediction (the image is fetched and decoded once for all of them)."""
+
+    image_id: int
+    sha256: str
+    uri: str
+    items: tuple[WorkItem, ...]
 
 
 def _plain(record: Any) -> dict[str, Any]:

@@ -32,12 +32,9 @@ from typing import Any
 
 import numpy as np
 
-#: GeoSeg-Bench's published composition (paper §4): pairs per domain and share per level.
-GEOSEG_BENCH_DOMAINS: dict[str, int] = {"Urban": 330, "Rural": 160, "Traffic": 240, "Nature": 80}
-GEOSEG_BENCH_LEVELS: dict[str, float] = {"L1": 0.6, "L2": 0.3, "L3": 0.1}
+from geoseg import vocabulary
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-_LEVEL_WORDS = {"easy": "L1", "medium": "L2", "hard": "L3"}
 
 
 class BenchmarkError(ValueError):
@@ -46,20 +43,12 @@ class BenchmarkError(ValueError):
 
 def normalise_level(value: Any) -> str:
     """``"L2"``, ``2``, ``"2"``, ``"medium"`` -> ``"L2"``; unknown values raise BenchmarkError."""
-    if isinstance(value, bool):
-        raise BenchmarkError(f"difficulty must be L1..L3, 1..3 or easy/medium/hard, got {value!r}")
-    if isinstance(value, int) and 1 <= value <= 3:
-        return f"L{value}"
-    s = str(value).strip()
-    if s.upper() in ("L1", "L2", "L3"):
-        return s.upper()
-    if s in ("1", "2", "3"):
-        return f"L{s}"
-    if s.lower() in _LEVEL_WORDS:
-        return _LEVEL_WORDS[s.lower()]
-    if s in ("L?", ""):
+    if isinstance(value, str) and value.strip() == "L?":
         return "L?"
-    raise BenchmarkError(f"difficulty must be L1..L3, 1..3 or easy/medium/hard, got {value!r}")
+    try:
+        return vocabulary.normalise_level(value) or "L?"
+    except ValueError:
+        raise BenchmarkError(f"difficulty must be L1..L3, 1..3 or easy/medium/hard, got {value!r}") from None
 
 
 def load_rgb(path: Path) -> np.ndarray:

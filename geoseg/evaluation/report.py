@@ -28,6 +28,7 @@ from geoseg.evaluation.harness import EvalRun, outcomes_table
 from geoseg.evaluation.overlay import composite
 from geoseg.metrics import METRIC_NAMES
 from geoseg.types import TINY_MODEL_WARNING
+from geoseg.vocabulary import LEVELS
 
 ABLATION_LABELS: dict[str, str] = {
     "full": "GeoSeg (full)",
@@ -35,7 +36,7 @@ ABLATION_LABELS: dict[str, str] = {
     "no_route_a": "w/o Route A (points)",
     "no_route_b": "w/o Route B (text)",
 }
-LEVEL_ORDER = ("L1", "L2", "L3", "L?")
+LEVEL_ORDER = (*LEVELS, "L?")
 
 
 @dataclass(frozen=True)

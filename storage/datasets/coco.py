@@ -126,7 +126,8 @@ class _MaskCache:
 
 def place_image(row: Any, dest: Path, mode: ImageMode, blobs: BlobStore, s3_client: Any) -> str:
     """Copy or link one image beside the JSON; returns "copied" or "linked". Bytes are checked against sha256."""
-    from storage.sources import SourceError, read_bytes
+    from storage.ingest import image_bytes
+    from storage.sources import SourceError
 
     if dest.exists():
         return "linked" if dest.is_symlink() else "copied"
@@ -136,12 +137,9 @@ def place_image(row: Any, dest: Path, mode: ImageMode, blobs: BlobStore, s3_clie
         os.symlink(local.resolve(), dest)
         return "linked"
     try:
-        data = read_bytes(uri, client=s3_client)
-    except SourceError:
-        try:
-            data = blobs.get(row.sha256)
-        except BlobError as exc:
-            raise ExportError(f"image {row.id} ({uri}): not readable at its URI nor in the blob store: {exc}") from exc
+        data = image_bytes(blobs, row.sha256, uri, client=s3_client)
+    except (SourceError, BlobError) as exc:
+        raise ExportError(f"image {row.id} ({uri}): not readable at its URI nor in the blob store: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != row.sha256:
         raise ExportError(f"image {row.id} ({uri}): its bytes no longer match the stored sha256; re-ingest it")
     tmp = dest.with_name(dest.name + ".tmp")

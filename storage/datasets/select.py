@@ -7,16 +7,15 @@ decisions are annotations with verdict ``no_target`` (not retracted); they have 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from geoseg.vocabulary import LEVELS, normalise_level
 from storage.models import Annotation, LabelTask, Prediction, Snapshot, SnapshotMember, Triplet, Verdict
 
-LEVELS = ("L1", "L2", "L3")
 _SNAP_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127})(?:@v?(?P<version>\d+))?$")
 
 
@@ -69,10 +68,15 @@ class DatasetFilter:
         if self.min_annotators is not None and int(self.min_annotators) < 1:
             raise SelectionError(f"min_annotators must be >= 1, got {self.min_annotators}")
         object.__setattr__(self, "domains", tuple(self.domains or ()))
-        object.__setattr__(self, "levels", tuple(self.levels or ()))
-        bad = [lv for lv in self.levels if lv not in LEVELS]
-        if bad:
-            raise SelectionError(f"unknown levels {bad}; use {list(LEVELS)}")
+        levels, bad = [], []
+        for lv in self.levels or ():
+            try:
+                levels.append(normalise_level(lv))
+            except ValueError:
+                bad.append(lv)
+        if bad or None in levels:
+            raise SelectionError(f"unknown levels {bad or list(self.levels)}; use {list(LEVELS)}")
+        object.__setattr__(self, "levels", tuple(levels))
         for name in ("since", "until"):
             v = getattr(self, name)
             if v is not None and (v.tzinfo is None or v.tzinfo.utcoffset(v) is None):
@@ -101,6 +105,22 @@ def _prelabel_version_ids(model_version: str) -> sa.Select:
     )
 
 
+def apply_filter(q: sa.Select, f: DatasetFilter, *, domain: sa.ColumnElement, level: sa.ColumnElement,
+                 created_at: sa.ColumnElement, annotation_id: sa.ColumnElement) -> sa.Select:
+    """``q`` narrowed by ``f``'s domains, levels, date range and pre-label model version, on the given columns."""
+    if f.domains:
+        q = q.where(domain.in_(f.domains))
+    if f.levels:
+        q = q.where(level.in_(f.levels))
+    if f.since:
+        q = q.where(created_at >= f.since)
+    if f.until:
+        q = q.where(created_at < f.until)
+    if f.model_version:
+        q = q.where(annotation_id.in_(_prelabel_version_ids(f.model_version)))
+    return q
+
+
 def triplet_ids(session: Session, f: DatasetFilter) -> sa.Select:
     """A SELECT of the ids of the live triplets (or the snapshot's frozen members) that pass ``f``, by id."""
     q = sa.select(Triplet.id).join(Annotation, Triplet.annotation_id == Annotation.id)
@@ -109,16 +129,8 @@ def triplet_ids(session: Session, f: DatasetFilter) -> sa.Select:
         q = q.where(Triplet.id.in_(sa.select(SnapshotMember.triplet_id).where(SnapshotMember.snapshot_id == snap.id)))
     else:
         q = q.where(Triplet.withdrawn.is_(False), Annotation.retracted.is_(False))
-    if f.domains:
-        q = q.where(Triplet.domain.in_(f.domains))
-    if f.levels:
-        q = q.where(Triplet.level.in_(f.levels))
-    if f.since:
-        q = q.where(Triplet.created_at >= f.since)
-    if f.until:
-        q = q.where(Triplet.created_at < f.until)
-    if f.model_version:
-        q = q.where(Triplet.annotation_id.in_(_prelabel_version_ids(f.model_version)))
+    q = apply_filter(q, f, domain=Triplet.domain, level=Triplet.level, created_at=Triplet.created_at,
+                     annotation_id=Triplet.annotation_id)
     if f.min_agreement is not None:
         q = q.where(sa.or_(Triplet.agreement >= f.min_agreement, Triplet.adjudicated.is_(True)))
     if f.min_annotators is not None:
@@ -138,16 +150,8 @@ def no_target_annotation_ids(session: Session, f: DatasetFilter) -> sa.Select | 
         .join(Item, Annotation.item_id == Item.id)
         .where(Annotation.verdict == Verdict.NO_TARGET, Annotation.retracted.is_(False))
     )
-    if f.domains:
-        q = q.where(Item.domain.in_(f.domains))
-    if f.levels:
-        q = q.where(Item.level.in_(f.levels))
-    if f.since:
-        q = q.where(Annotation.created_at >= f.since)
-    if f.until:
-        q = q.where(Annotation.created_at < f.until)
-    if f.model_version:
-        q = q.where(Annotation.id.in_(_prelabel_version_ids(f.model_version)))
+    q = apply_filter(q, f, domain=Item.domain, level=Item.level, created_at=Annotation.created_at,
+                     annotation_id=Annotation.id)
     if f.min_agreement is not None or f.min_annotators is not None:
         c = sa.select(ItemConsensus.annotation_id).where(ItemConsensus.annotation_id.is_not(None))
         if f.min_agreement is not None:
@@ -157,7 +161,3 @@ def no_target_annotation_ids(session: Session, f: DatasetFilter) -> sa.Select | 
         q = q.where(Annotation.id.in_(c))  # the deciding "no target" annotation of a consensus that passes
     return q.order_by(Annotation.id)
 
-
-def chunked(ids: Sequence[int], size: int = 500):
-    for i in range(0, len(ids), size):
-        yield ids[i : i + size]

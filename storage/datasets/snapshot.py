@@ -38,6 +38,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from geoseg.vocabulary import GEOSEG_BENCH_DOMAINS, GEOSEG_BENCH_LEVELS, LEVELS
 from storage import repo
 from storage.blobs import BlobStore
 from storage.datasets.coco import image_file_name, place_image
@@ -45,9 +46,6 @@ from storage.datasets.select import DatasetFilter, parse_snapshot_ref, triplet_i
 from storage.maskcodec import decode_mask
 from storage.models import Image, Snapshot, SnapshotMember, Triplet
 
-#: GeoSeg-Bench's composition (paper §4).
-GEOSEG_BENCH_DOMAINS: dict[str, float] = {"Urban": 330, "Rural": 160, "Traffic": 240, "Nature": 80}
-GEOSEG_BENCH_LEVELS: dict[str, float] = {"L1": 0.6, "L2": 0.3, "L3": 0.1}
 UNKNOWN_DOMAIN = "Unknown"
 MANIFEST = "manifest.json"
 
@@ -94,9 +92,9 @@ class Stratification:
         object.__setattr__(self, "levels", dict(self.levels))
         if self.total is None and any(float(v) != int(v) for v in self.domains.values()):
             raise SnapshotError("domain weights are shares: give total= (the snapshot size)")
-        bad = [k for k in self.levels if k not in ("L1", "L2", "L3")]
+        bad = [k for k in self.levels if k not in LEVELS]
         if bad:
-            raise SnapshotError(f"unknown levels {bad} in the stratification; use L1, L2, L3")
+            raise SnapshotError(f"unknown levels {bad} in the stratification; use {', '.join(LEVELS)}")
 
     def targets(self) -> dict[tuple[str, str], int]:
         total = int(sum(self.domains.values())) if self.total is None else int(self.total)

@@ -83,10 +83,6 @@ def upsert_annotations(
     return out
 
 
-def upsert_annotation(session: Session, record: AnnotationRecord, blobs: BlobStore | None = None) -> int:
-    return upsert_annotations(session, [record], blobs)[record.ls_annotation_id]
-
-
 def retract_annotations(
     session: Session, ls_annotation_ids: Iterable[int], blobs: BlobStore | None = None
 ) -> int:
@@ -109,16 +105,6 @@ def retract_annotations(
     session.expire_all()
     redecide_items(session, sorted(items), blobs)
     return changed
-
-
-def deciding_annotation(session: Session, item_id: int) -> Annotation | None:
-    """The newest non-retracted annotation of the item (by updated_at, then id), or None."""
-    return session.scalars(
-        sa.select(Annotation)
-        .where(Annotation.item_id == item_id, Annotation.retracted.is_(False))
-        .order_by(Annotation.updated_at.desc(), Annotation.id.desc())
-        .limit(1)
-    ).one_or_none()
 
 
 def _item_settings(session: Session, chunk: Sequence[int]) -> dict[int, tuple[int, float]]:

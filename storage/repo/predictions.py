@@ -53,10 +53,6 @@ def upsert_predictions(session: Session, records: Sequence[PredictionRecord]) ->
     return out
 
 
-def upsert_prediction(session: Session, record: PredictionRecord) -> int:
-    return upsert_predictions(session, [record])[(record.item_id, record.model_version)]
-
-
 def prediction_for(session: Session, item_id: int, model_version: str) -> Prediction | None:
     return session.scalars(
         sa.select(Prediction).where(Prediction.item_id == item_id, Prediction.model_version == model_version)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.storage import add_image, add_item, add_prediction
+
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 CHROMIUM = Path(os.environ.get("GEOLABEL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -81,7 +83,6 @@ def geoseg_review_task(ls_project, chat_server, tiny_matcher, tiny_segmenter):
     from geoseg.pipeline import GeoSegPipeline
     from geoseg.types import BackendSpec, GeoSegConfig
     from labeling.push import ImageUrlResolver, push_predictions
-    from storage import repo
     from storage.blobs import sha256_hex
     from storage.maskcodec import encode_mask
     from storage.records import ImageRecord, ItemRecord, PredictionRecord
@@ -99,10 +100,10 @@ def geoseg_review_task(ls_project, chat_server, tiny_matcher, tiny_segmenter):
                               segmenter=tiny_segmenter)
     query = "the largest building"  # the chat server's canned answer for it is a box (hand-written, not a model's)
     res = pipeline(loaded.rgb, query)
-    image_id = repo.upsert_image(s, ImageRecord.from_loaded(loaded, sha256_hex(data), str(dst)))
-    item_id = repo.upsert_item(s, ItemRecord(image_id, query, "L1", "Urban"))
+    image_id = add_image(s, ImageRecord.from_loaded(loaded, sha256_hex(data), str(dst)))
+    item_id = add_item(s, ItemRecord(image_id, query, "L1", "Urban"))
     sha = ls_project.blobs.put(encode_mask(res.mask))
-    repo.upsert_prediction(s, PredictionRecord.from_result(item_id, res, sha, score=0.5))
+    add_prediction(s, PredictionRecord.from_result(item_id, res, sha, score=0.5))
     s.commit()
     rep = push_predictions(ls.client, s, ls_project.blobs, ls_project.handle, res.model_version,
                            image_url=ImageUrlResolver(ls.imagery_root))
@@ -171,7 +172,6 @@ def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page
 
     from labeling.intake import create_intake_tasks, ensure_intake_project, pull_queries
     from labeling.push import ImageUrlResolver
-    from storage import repo
     from storage.blobs import sha256_hex
     from storage.models import Item
     from storage.records import ImageRecord
@@ -182,7 +182,7 @@ def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page
     dst.parent.mkdir()
     shutil.copy(AERIAL / "SOAP_061.png", dst)
     w, h = PILImage.open(dst).size
-    repo.upsert_image(s, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
+    add_image(s, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
     s.commit()
     proj = ensure_intake_project(ls.client, s, f"intake browser {uuid.uuid4().hex[:6]}", imagery_root=ls.imagery_root)
     s.commit()

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.storage import add_image
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-" + uuid.uuid4().hex  # generated per run, not a real secret
 
@@ -240,7 +242,7 @@ def test_sqlish_values_through_queries_and_filters(engine, session):
     from storage.models import Image, Item
     from storage.records import ImageRecord, ItemRecord
 
-    img = repo.upsert_image(session, ImageRecord(sha256="a" * 64, uri="/x/" + SQLISH[0], width=4, height=4))
+    img = add_image(session, ImageRecord(sha256="a" * 64, uri="/x/" + SQLISH[0], width=4, height=4))
     ids = repo.upsert_items(session, [ItemRecord(image_id=img, query=q, domain="Urban") for q in SQLISH])
     session.commit()
     assert {q for (_, q) in ids} == set(SQLISH)

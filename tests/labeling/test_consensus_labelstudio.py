@@ -21,6 +21,7 @@ from storage.datasets.snapshot import create_snapshot
 from storage.maskcodec import encode_mask
 from storage.models import Item, ItemStatus
 from storage.records import ImageRecord, ItemRecord, PredictionRecord
+from tests.fixtures.storage import add_image, add_item, add_prediction
 from tests.helpers.simulated_annotators import result, simulated_annotator
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -49,10 +50,10 @@ def seed(p, n: int, tag: str) -> tuple[list[int], dict[int, int]]:
         path = p.ls.imagery_root / f"consensus_{tag}_{i}.png"
         PILImage.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        img = repo.upsert_image(s, ImageRecord(sha256=sha, uri=str(path), width=W, height=H, format="PNG"))
-        it = repo.upsert_item(s, ItemRecord(image_id=img, query=f"the roof {i}", level="L1", domain="Urban"))
+        img = add_image(s, ImageRecord(sha256=sha, uri=str(path), width=W, height=H, format="PNG"))
+        it = add_item(s, ItemRecord(image_id=img, query=f"the roof {i}", level="L1", domain="Urban"))
         pre = disc(24, 30, 10)
-        repo.upsert_prediction(s, PredictionRecord(item_id=it, model_version=MV, mask_sha256=p.blobs.put(
+        add_prediction(s, PredictionRecord(item_id=it, model_version=MV, mask_sha256=p.blobs.put(
             encode_mask(pre)), mask_area=int(pre.sum()), score=0.5, route="text"))  # fmt: skip
         items.append(it)
     s.commit()

@@ -23,6 +23,7 @@ from labeling.intake import (
     parse_intake_result,
     query_key,
 )
+from tests.fixtures.storage import add_image, add_item
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 
@@ -49,7 +50,6 @@ def intake_env(labelstudio_server, tmp_path):
     """A database with two real aerial images below the server's local-files root, and the intake project."""
     from labeling.intake import ensure_intake_project
     from labeling.push import ImageUrlResolver
-    from storage import repo
     from storage.blobs import LocalBlobStore, sha256_hex
     from storage.db import create_all, make_engine
     from storage.records import ImageRecord
@@ -66,7 +66,7 @@ def intake_env(labelstudio_server, tmp_path):
         from PIL import Image as PILImage
 
         w, h = PILImage.open(dst).size
-        repo.upsert_image(session, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
+        add_image(session, ImageRecord(sha256_hex(dst.read_bytes()), str(dst), w, h, format="PNG"))
     session.commit()
     handle = ensure_intake_project(
         ls.client, session, f"intake test {uuid.uuid4().hex[:6]}", imagery_root=ls.imagery_root
@@ -106,24 +106,23 @@ def test_intake_tasks_pull_edit_delete(intake_env):
     assert len(tasks) == 2 and all(t["data"]["image"].startswith("/data/local-files/?d=") for t in tasks)
     t1, t2 = sorted(tasks, key=lambda t: t["id"])
     # an item from a queries file already exists on image 2 (other case and spacing than the annotator will write)
-    from storage import repo
     from storage.records import ItemRecord
 
-    csv_item = repo.upsert_item(s, ItemRecord(t2["data"]["image_id"], "Bare  soil patch"))
+    csv_item = add_item(s, ItemRecord(t2["data"]["image_id"], "Bare  soil patch"))  # stored as "Bare soil patch"
     s.commit()
 
     # the annotator writes two queries on image 1 (one duplicated with other spacing/case) and one on image 2
     a1 = client.create_annotation(
         t1["id"], intake_result(["the pond", "The  POND", "trees along the road"], "L1", "Nature"), lead_time=12.0
     )
-    a2 = client.create_annotation(t2["id"], intake_result(["bare soil patch"]))
+    a2 = client.create_annotation(t2["id"], intake_result(["ｂａｒｅ soil\u00a0 PATCH"]))  # fullwidth, NBSP, case
     r1 = pull_queries(client, s, proj)
     assert (r1.tasks_seen, r1.queries, r1.items_new, r1.malformed) == (2, 3, 2, [])
     items = _items(s)
-    assert set(items) == {"the pond", "trees along the road", "Bare  soil patch"}  # one item for the CSV's query
-    assert items["Bare  soil patch"].id == csv_item
+    assert set(items) == {"the pond", "trees along the road", "Bare soil patch"}  # one item for the CSV's query
+    assert items["Bare soil patch"].id == csv_item
     assert (items["the pond"].level, items["the pond"].domain) == ("L1", "Nature")
-    assert items["Bare  soil patch"].level is None
+    assert items["Bare soil patch"].level is None
     ledger = client.get_task(t1["id"])["meta"]["geolabel"]["items"]
     assert sorted(ledger.values()) == sorted([items["the pond"].id, items["trees along the road"].id])
 
@@ -141,7 +140,7 @@ def test_intake_tasks_pull_edit_delete(intake_env):
     client.update_annotation(a1["id"], intake_result(["the pond", "trees along the river"], "L1", "Nature"))
     r4 = pull_queries(client, s, proj)
     assert r4.items_new == 1 and [q for _, q in r4.deleted] == ["trees along the road"] and r4.kept == []
-    assert set(_items(s)) == {"the pond", "trees along the river", "Bare  soil patch"}
+    assert set(_items(s)) == {"the pond", "trees along the river", "Bare soil patch"}
 
     # malformed annotation: reported, the others still pulled
     bad = client.create_annotation(t2["id"], [{"from_name": "level", "to_name": "image", "type": "choices",
@@ -154,7 +153,7 @@ def test_intake_tasks_pull_edit_delete(intake_env):
     client.delete_annotation(a2["id"])
     r6 = pull_queries(client, s, proj)
     assert r6.deleted == [] and [(i, why) for i, _, why in r6.kept] == [(csv_item, r6.kept[0][2])]
-    assert "outside intake" in r6.kept[0][2] and "Bare  soil patch" in _items(s)
+    assert "outside intake" in r6.kept[0][2] and "Bare soil patch" in _items(s)
 
 
 def test_intake_to_review_task_with_geoseg_prediction(intake_env, tiny_models_root, monkeypatch, prefect_harness):

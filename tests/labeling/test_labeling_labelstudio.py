@@ -31,6 +31,7 @@ from storage import repo
 from storage.maskcodec import decode_mask, encode_mask
 from storage.models import Annotation, Item, ItemStatus, LabelProject, LabelTask, Triplet
 from storage.records import ImageRecord, ItemRecord, PredictionRecord
+from tests.fixtures.storage import add_image, add_item, add_prediction
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 MV = "geoseg-test-v1"
@@ -51,11 +52,11 @@ def _seed(p, n: int, h: int = 48, w: int = 64, *, noisy: bool = False, tag: str 
         rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         PILImage.fromarray(rgb).save(path)
         sha = f"{abs(hash((str(path), i))):064x}"[-64:]
-        image_id = repo.upsert_image(s, ImageRecord(sha256=sha, uri=str(path), width=w, height=h))
-        item_id = repo.upsert_item(s, ItemRecord(image_id=image_id, query=f"the building number {i}", level="L1"))
+        image_id = add_image(s, ImageRecord(sha256=sha, uri=str(path), width=w, height=h))
+        item_id = add_item(s, ItemRecord(image_id=image_id, query=f"the building number {i}", level="L1"))
         mask = rng.random((h, w)) < 0.5 if noisy else _blob(h, w, h / 2, w / 2 + i % 5, min(h, w) / 4)
         msha = p.blobs.put(encode_mask(mask))
-        repo.upsert_prediction(
+        add_prediction(
             s,
             PredictionRecord(
                 item_id=item_id, model_version=MV, mask_sha256=msha, mask_area=int(mask.sum()), score=0.5, route="text"
@@ -299,10 +300,10 @@ def test_push_records_bad_items_and_goes_on(ls_project):
     ids = _seed(p, 3)
     outside = Path(tempfile.mkdtemp(prefix="geolabel-outside-")) / "elsewhere.png"
     PILImage.fromarray(np.zeros((48, 64, 3), np.uint8)).save(outside)
-    image_id = repo.upsert_image(p.session, ImageRecord(sha256="e" * 64, uri=str(outside), width=64, height=48))
-    bad_item = repo.upsert_item(p.session, ItemRecord(image_id=image_id, query="outside the root"))
+    image_id = add_image(p.session, ImageRecord(sha256="e" * 64, uri=str(outside), width=64, height=48))
+    bad_item = add_item(p.session, ItemRecord(image_id=image_id, query="outside the root"))
     empty = p.blobs.put(encode_mask(np.zeros((48, 64), bool)))
-    repo.upsert_prediction(
+    add_prediction(
         p.session, PredictionRecord(item_id=bad_item, model_version=MV, route="empty", mask_sha256=empty)
     )
     p.session.commit()
@@ -533,10 +534,10 @@ def test_push_s3_images_as_storage_uris(ls_project, s3_client, s3_bucket, moto_s
     PILImage.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
     s3_client.put_object(Bucket=s3_bucket, Key="scenes/a.png", Body=buf.getvalue())
     uri = f"s3://{s3_bucket}/scenes/a.png"
-    image_id = repo.upsert_image(p.session, ImageRecord(sha256="a" * 64, uri=uri, width=64, height=48))
-    item_id = repo.upsert_item(p.session, ItemRecord(image_id=image_id, query="the roof"))
+    image_id = add_image(p.session, ImageRecord(sha256="a" * 64, uri=uri, width=64, height=48))
+    item_id = add_item(p.session, ItemRecord(image_id=image_id, query="the roof"))
     mask = _blob(48, 64, 24, 32, 10)
-    repo.upsert_prediction(
+    add_prediction(
         p.session,
         PredictionRecord(item_id=item_id, model_version=MV, mask_sha256=p.blobs.put(encode_mask(mask)), score=0.9),
     )

@@ -10,10 +10,10 @@ from PIL import Image as PILImage
 from labeling.polygons import polygon_region_to_mask
 from labeling.push import ImageUrlResolver, push_predictions
 from labeling.sync import sync_annotations
-from storage import repo
 from storage.maskcodec import decode_mask, encode_mask
 from storage.models import Annotation
 from storage.records import ImageRecord, ItemRecord, PredictionRecord
+from tests.fixtures.storage import add_image, add_item, add_prediction
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 MV = "geoseg-polygon-test"
@@ -26,10 +26,10 @@ def test_polygon_prelabel_push_edit_and_sync(ls_project):
     mask = (yy - 30) ** 2 + (xx - 40) ** 2 < 18**2
     path = p.ls.imagery_root / f"poly_{p.handle.ls_project_id}.png"
     PILImage.fromarray(np.full((h, w, 3), 90, np.uint8)).save(path)
-    image_id = repo.upsert_image(p.session, ImageRecord(sha256="b" * 63 + str(p.handle.ls_project_id % 10),
+    image_id = add_image(p.session, ImageRecord(sha256="b" * 63 + str(p.handle.ls_project_id % 10),
                                                         uri=str(path), width=w, height=h))
-    item_id = repo.upsert_item(p.session, ItemRecord(image_id=image_id, query="the round pond", level="L1"))
-    repo.upsert_prediction(p.session, PredictionRecord(item_id=item_id, model_version=MV,
+    item_id = add_item(p.session, ItemRecord(image_id=image_id, query="the round pond", level="L1"))
+    add_prediction(p.session, PredictionRecord(item_id=item_id, model_version=MV,
                                                        mask_sha256=p.blobs.put(encode_mask(mask)), score=0.5))
     p.session.commit()
     rep = push_predictions(p.ls.client, p.session, p.blobs, p.handle, MV,

@@ -13,9 +13,9 @@ from PIL import Image as PILImage
 from labeling.priority import configure_label_stream
 from labeling.push import ImageUrlResolver, push_predictions
 from labeling.sync import sync_annotations
-from storage import repo
 from storage.maskcodec import encode_mask
 from storage.records import ImageRecord, ItemRecord, PredictionRecord
+from tests.fixtures.storage import add_image, add_item, add_prediction
 from tests.helpers.simulated_annotators import result
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -51,10 +51,10 @@ def test_simulated_annotator_gets_under_filled_strata_and_uncertain_tasks_first(
     for k, (domain, level, score) in enumerate(ITEMS):
         path = p.ls.imagery_root / f"priority_{k}.png"
         PILImage.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
-        img = repo.upsert_image(s, ImageRecord(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), uri=str(path),
+        img = add_image(s, ImageRecord(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), uri=str(path),
                                                width=W, height=H))  # fmt: skip
-        it = repo.upsert_item(s, ItemRecord(image_id=img, query=f"target {k}", level=level, domain=domain))
-        repo.upsert_prediction(s, PredictionRecord(item_id=it, model_version=MV, score=score, route="text",
+        it = add_item(s, ItemRecord(image_id=img, query=f"target {k}", level=level, domain=domain))
+        add_prediction(s, PredictionRecord(item_id=it, model_version=MV, score=score, route="text",
                                                    mask_sha256=p.blobs.put(encode_mask(mask)), mask_area=240))
         ids.append(it)
     s.commit()

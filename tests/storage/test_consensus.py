@@ -20,6 +20,7 @@ from storage.datasets.select import DatasetFilter, triplet_ids
 from storage.maskcodec import encode_mask
 from storage.models import Annotation, Item, ItemStatus
 from storage.records import AnnotationRecord, ImageRecord, ItemRecord, LabelTaskRecord
+from tests.fixtures.storage import add_image, add_item
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 H, W = 48, 64
@@ -103,8 +104,8 @@ def test_redecide_consensus_in_the_database(session, blob_store):
     rid = repo.upsert_label_project(session, "http://ls", 2, "consensus test - adjudication")
     repo.set_project_consensus(session, pid, overlap=2, min_agreement=0.6)
     repo.set_project_consensus(session, rid, role="review", review_of=pid)
-    img = repo.upsert_image(session, ImageRecord(sha256=sha("i"), uri="file:///i.png", width=W, height=H))
-    items = [repo.upsert_item(session, ItemRecord(image_id=img, query=f"q{i}", level="L1", domain="Urban"))
+    img = add_image(session, ImageRecord(sha256=sha("i"), uri="file:///i.png", width=W, height=H))
+    items = [add_item(session, ItemRecord(image_id=img, query=f"q{i}", level="L1", domain="Urban"))
              for i in range(2)]  # fmt: skip
     tasks = repo.record_label_tasks(session, [LabelTaskRecord(pid, it, 100 + k) for k, it in enumerate(items)])
     rtask = repo.record_label_tasks(session, [LabelTaskRecord(rid, items[1], 500)])[items[1]]

@@ -155,12 +155,12 @@ def test_migrations_round_trip_and_match_models(db_url):
     db.upgrade(db_url)  # idempotent
     # the migrated schema works with the repository layer
     from storage.records import ImageRecord
-    from storage.repo import upsert_image
+    from tests.fixtures.storage import add_image
 
     engine = db.make_engine(db_url)
     try:
         with db.session_scope(engine) as s:
-            assert upsert_image(s, ImageRecord("f" * 64, "x.png", 8, 8)) == 1
+            assert add_image(s, ImageRecord("f" * 64, "x.png", 8, 8)) == 1
     finally:
         engine.dispose()
 

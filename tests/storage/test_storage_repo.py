@@ -35,6 +35,7 @@ from storage.records import (
     PredictionRecord,
     TripletRecord,
 )
+from tests.fixtures.storage import add_annotation, add_image, add_item, add_prediction
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 MV = "geoseg-tiny-abc123"
@@ -67,16 +68,16 @@ def test_images_and_items_idempotent(session: Session):
     ids = repo.upsert_images(session, recs + recs[:2])
     assert len(ids) == 5 and len(set(ids.values())) == 5
     assert repo.upsert_images(session, list(reversed(recs))) == ids
-    assert repo.upsert_image(session, recs[3]) == ids[recs[3].sha256]
+    assert add_image(session, recs[3]) == ids[recs[3].sha256]
     im = repo.image_by_sha(session, recs[0].sha256)
     assert im.crs == "EPSG:32633" and im.transform == [0.5, 0, 500000, 0, -0.5, 4e6]
     items = [ItemRecord(image_id=v, query=f"the red roof {k[:4]}", level="l2", domain="Urban") for k, v in ids.items()]
     item_ids = repo.upsert_items(session, items)
     assert repo.upsert_items(session, items) == item_ids
     # the same query on another image is another item; whitespace is normalised
-    extra = repo.upsert_item(session, ItemRecord(image_id=ids[recs[0].sha256], query="  the red roof   "))
+    extra = add_item(session, ItemRecord(image_id=ids[recs[0].sha256], query="  the red roof   "))
     assert extra not in item_ids.values()
-    assert repo.upsert_item(session, ItemRecord(image_id=ids[recs[0].sha256], query="the red roof")) == extra
+    assert add_item(session, ItemRecord(image_id=ids[recs[0].sha256], query="the red roof")) == extra
     session.commit()
     assert repo.count_rows(session, Image) == 5 and repo.count_rows(session, Item) == 6
     assert {i.level for i in all_rows(session, Item)} == {"L2", None}
@@ -162,9 +163,9 @@ def test_predictions_queries_and_retry(session: Session, blob_store):
     failed = repo.prediction_for(session, items[2], MV)
     assert failed.failed and "CUDA out of memory" in failed.error
     # a retry that succeeds replaces the failed row (same id); a successful row is never overwritten
-    fixed = repo.upsert_prediction(session, _prediction(items[2], blob_store))
+    fixed = add_prediction(session, _prediction(items[2], blob_store))
     assert fixed == failed.id
-    again = repo.upsert_prediction(session, PredictionRecord.failure(items[0], MV, "late failure"))
+    again = add_prediction(session, PredictionRecord.failure(items[0], MV, "late failure"))
     assert again == got[(items[0], MV)]
     session.commit()
     session.expire_all()
@@ -196,7 +197,7 @@ def test_push_annotations_triplets_and_watermark(session: Session, blob_store):
     task = repo.label_task_by_ls_id(session, project, 101)
     assert task.item_id == items[1] and task.prediction.id == preds[(items[1], MV)]
     # a newer model version re-pushes to the same task
-    newer = repo.upsert_prediction(session, _prediction(items[0], blob_store, mv="geoseg-tiny-v2", seed=1))
+    newer = add_prediction(session, _prediction(items[0], blob_store, mv="geoseg-tiny-v2", seed=1))
     assert [i.id for i, _ in repo.predictions_awaiting_push(session, project, "geoseg-tiny-v2")] == [items[0]]
     repo.record_label_tasks(session, [LabelTaskRecord(project, items[0], 100, newer, 900)])
     session.commit()
@@ -238,17 +239,17 @@ def test_push_annotations_triplets_and_watermark(session: Session, blob_store):
 
     # an older copy of an annotation does not overwrite a newer one; a newer edit changes the verdict
     stale = AnnotationRecord(9002, task_ids[items[1]], "no_target", T0, T0 - timedelta(hours=1))
-    repo.upsert_annotation(session, stale)
+    add_annotation(session, stale)
     session.commit()
     assert repo.set_item_status(session, items[1], ItemStatus.REJECTED).status == ItemStatus.REJECTED
     edit = AnnotationRecord(9002, task_ids[items[1]], "accept", T0, T0 + timedelta(minutes=1), mask_sha, int(m.sum()))
-    repo.upsert_annotation(session, edit)
+    add_annotation(session, edit)
     session.commit()
     assert {t.item_id for t in repo.accepted_triplets(session)} == {items[0], items[1]}
 
     # a second annotator rejects item 0 later: the newest annotation decides, the triplet is withdrawn
     a3 = AnnotationRecord(9003, task_ids[items[0]], "reject", T0, T0 + timedelta(minutes=2))
-    repo.upsert_annotation(session, a3)
+    add_annotation(session, a3)
     session.commit()
     assert session.get(Item, items[0]).status == ItemStatus.REJECTED
     assert {t.item_id for t in repo.accepted_triplets(session)} == {items[1]}
@@ -269,7 +270,7 @@ def test_push_annotations_triplets_and_watermark(session: Session, blob_store):
     with pytest.raises(IllegalTransitionError):
         repo.set_item_status(session, items[0], ItemStatus.NEW)
     with pytest.raises(LookupError, match="unknown label tasks"):
-        repo.upsert_annotation(session, AnnotationRecord(1, 99999, "reject", T0, T0))
+        add_annotation(session, AnnotationRecord(1, 99999, "reject", T0, T0))
     session.rollback()
 
 
@@ -364,16 +365,16 @@ def test_concurrent_writers_end_with_one_row(pg_schema_url):
     create_all(eng)
     try:
         rec = image(42)
-        ids = _race(pg_schema_url, lambda s: repo.upsert_image(s, rec))
+        ids = _race(pg_schema_url, lambda s: add_image(s, rec))
         assert len(set(ids)) == 1
-        item = _race(pg_schema_url, lambda s: repo.upsert_item(s, ItemRecord(ids[0], "a bridge")))
+        item = _race(pg_schema_url, lambda s: add_item(s, ItemRecord(ids[0], "a bridge")))
         assert len(set(item)) == 1
         with session_scope(eng) as s:
             project = repo.upsert_label_project(s, "http://ls", 3)
             task = repo.record_label_tasks(s, [LabelTaskRecord(project, item[0], 77)])[item[0]]
         msha = sha("mask")
         ann = AnnotationRecord(123456, task, "accept", T0, T0, msha, 10, "a")
-        got = _race(pg_schema_url, lambda s: repo.upsert_annotation(s, ann))
+        got = _race(pg_schema_url, lambda s: add_annotation(s, ann))
         assert len(set(got)) == 1
         with session_scope(eng) as s:
             assert repo.count_rows(s, Image) == 1 and repo.count_rows(s, Item) == 1
@@ -391,7 +392,7 @@ def test_concurrent_writers_sqlite(tmp_path):
     eng = make_engine(url)
     create_all(eng)
     rec = image(1)
-    ids = _race(url, lambda s: repo.upsert_image(s, rec), n=3)
+    ids = _race(url, lambda s: add_image(s, rec), n=3)
     assert len(set(ids)) == 1
     with session_scope(eng) as s:
         assert repo.count_rows(s, Image) == 1
@@ -409,13 +410,13 @@ def test_records_from_real_geoseg_objects(session: Session, blob_store):
     data = path.read_bytes()
     loaded = read_image(data, name=path.name)
     rec = ImageRecord.from_loaded(loaded, sha256=hashlib.sha256(data).hexdigest(), uri=path.as_uri(), source="test")
-    image_id = repo.upsert_image(session, rec)
+    image_id = add_image(session, rec)
     stored = session.get(Image, image_id)
     assert (stored.width, stored.height, stored.bands) == (loaded.width, loaded.height, loaded.bands)
     assert stored.crs == loaded.crs and (stored.transform is None) == (loaded.transform is None)
     if loaded.transform is not None:
         assert stored.transform == pytest.approx(list(loaded.transform))
-    item_id = repo.upsert_item(session, ItemRecord(image_id, "the lake"))
+    item_id = add_item(session, ItemRecord(image_id, "the lake"))
     mask = np.zeros((loaded.height, loaded.width), bool)
     mask[2:10, 3:12] = True
     g = Grounding(boxes=(Box(3, 2, 12, 10),), phrase="lake", points=(((6.0, 5.0),),), raw_text='{"bbox": [3,2,12,10]}')
@@ -425,7 +426,7 @@ def test_records_from_real_geoseg_objects(session: Session, blob_store):
         valid_point=True, valid_text=False, timings={"ground": 0.5},
     )  # fmt: skip
     msha = blob_store.put(encode_mask(result.mask))
-    pid = repo.upsert_prediction(session, PredictionRecord.from_result(item_id, result, msha, score=0.9))
+    pid = add_prediction(session, PredictionRecord.from_result(item_id, result, msha, score=0.9))
     session.commit()
     p = session.get(Prediction, pid)
     assert p.route == "point" and p.phrase == "lake" and p.mask_area == int(mask.sum())
