@@ -145,11 +145,11 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.datasets import export_flow
-    from flows.demo import _verdict_region
     from flows.ingest import ingest_flow
     from flows.labeling_flows import label_studio_client, push_flow, sync_flow
     from flows.preannotate import preannotate_flow
     from flows.runtime import open_runtime, settings_from
+    from labeling.simulated_annotator import verdict_region
 
     root.mkdir(parents=True, exist_ok=True)
     srv, token = _start_label_studio(root)
@@ -218,7 +218,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
                     from concurrent.futures import ThreadPoolExecutor
 
                     def annotate_one(task: dict[str, Any]) -> None:
-                        res = [r for p in task["predictions"] for r in p["result"]] + [_verdict_region("accept")]
+                        res = [r for p in task["predictions"] for r in p["result"]] + [verdict_region("accept")]
                         client.create_annotation(int(task["id"]), res, lead_time=5.0)
 
                     t0 = time.perf_counter()

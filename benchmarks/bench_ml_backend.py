@@ -50,9 +50,9 @@ def main() -> None:
 
     import httpx
 
-    from flows.cli_ml import connect_ml_backend, load_geoseg_model
+    from flows.cli_ml import load_geoseg_model
     from flows.preannotate import model_version_of
-    from labeling.client import LabelStudioClient
+    from labeling.client import LabelStudioClient, connect_ml_backend
     from labeling.ml_backend import MLBackendConfig, create_app
     from labeling.project import label_config
     from labeling.push import ImageUrlResolver

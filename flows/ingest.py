@@ -17,14 +17,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.logs import get_logger as _logger
 from flows.runtime import Runtime, chunks, open_runtime, settings_from
 
 LEVEL_ALIASES = {"1": "L1", "2": "L2", "3": "L3", "l1": "L1", "l2": "L2", "l3": "L3"}
@@ -69,13 +69,6 @@ class IngestReport:
 
 
 # --- queries file ---------------------------------------------------------------------------------------------------
-
-
-def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow/task run (plain function calls, .fn())
-        return logging.getLogger("geolabel.flows")
 
 
 def _norm_level(raw: Any) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.ingest import _logger
+from flows.logs import get_logger as _logger
 from flows.runtime import Runtime, open_runtime, settings_from
 
 
@@ -45,14 +45,15 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
-    from flows.labeling_flows import DisplayImages, document_root, label_studio_client
+    from flows.labeling_flows import label_studio_client
+    from labeling.display import DisplayImages, imagery_root
     from labeling.intake import DEFAULT_INTAKE_TITLE, create_intake_tasks, ensure_intake_project, pull_queries
     from storage.models import Image
 
     log = _logger()
     with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
         handle = ensure_intake_project(
-            client, session, project_title or DEFAULT_INTAKE_TITLE, imagery_root=document_root(rt.settings)
+            client, session, project_title or DEFAULT_INTAKE_TITLE, imagery_root=imagery_root(rt.settings)
         )
         session.commit()
         created, failed = 0, []
@@ -68,7 +69,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
             ]
             session.rollback()
             if rows:
-                display = DisplayImages(rt)
+                display = DisplayImages(rt.settings, rt.blobs)
                 for uri, err in display.prepare([r[:3] for r in rows]):
                     log.warning("intake: no displayable rendition for %s: %s", uri, err)
                 rep = create_intake_tasks(client, session, handle, display, image_ids=[r[3] for r in rows])

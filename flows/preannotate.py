@@ -32,7 +32,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.ingest import _logger
+from flows.logs import get_logger as _logger
 from flows.runtime import Runtime, open_runtime, settings_from
 
 MODEL_CONCURRENCY_LIMIT = "geolabel-model"

@@ -58,7 +58,10 @@ class ServerStatus:
             return [f"Label Studio: not running ({self.detail or 'no server started'})"]
         out = [f"Label Studio {self.version or '?'} running at {self.url} (pid {self.pid})"]
         if self.token_ok is True:
-            out.append(f"API token works; export it as {self.token_env} (stored in {self.credentials_file})")
+            out.append(
+                f"API token works (stored in {self.credentials_file}: geolabel commands on this data dir read it "
+                f"there; other tools can take it from the environment variable {self.token_env})"
+            )
         elif self.token_ok is False:
             out.append(f"API token REJECTED by the server (token file {self.credentials_file})")
         return out
@@ -68,6 +71,45 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (host, port) or holds it (a bind there fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def server_root(data_dir: str | Path) -> Path:
+    """Where the local server of a data dir keeps its files: ``<data_dir>/labelstudio``."""
+    return Path(data_dir).expanduser().resolve() / "labelstudio"
+
+
+def recorded_url(data_dir: str | Path) -> str | None:
+    """The URL in ``<data_dir>/labelstudio/server.json`` (the local server last started for this data dir)."""
+    try:
+        url = json.loads((server_root(data_dir) / "server.json").read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(url).rstrip("/") if url else None
+
+
+def token_for(settings) -> SecretStr | None:  # noqa: ANN001 - storage.settings.Settings
+    """The API token for ``settings.label_studio_url``: the environment variable the settings name, else (when that
+    URL is the data dir's local server) the token in ``<data_dir>/labelstudio/credentials.json``. Never printed."""
+    token = settings.label_studio_token()
+    if token:
+        return token
+    if recorded_url(settings.data_dir) != settings.label_studio_url.rstrip("/"):
+        return None
+    try:
+        value = json.loads((server_root(settings.data_dir) / "credentials.json").read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return SecretStr(value) if isinstance(value, str) and value else None
 
 
 def default_venv() -> Path:
@@ -244,6 +286,10 @@ class LabelStudioServer:
         creds = self.credentials()
         self.ls_data_dir.mkdir(parents=True, exist_ok=True)
         port = self.port or free_port(self.host)
+        if port_in_use(self.host, port):  # Label Studio would silently take the next port: refuse at once instead
+            raise LabelStudioServerError(
+                f"port {port} on {self.host} is already in use; stop what listens there or pass another --port"
+            )
         url = f"http://{self.host}:{port}"
         cmd = [
             str(exe),

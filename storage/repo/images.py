@@ -96,3 +96,18 @@ def items_awaiting_prediction(
     if limit is not None:
         q = q.limit(int(limit))
     return list(session.scalars(q))
+
+
+def image_sources(session: Session, image_ids: Iterable[int]) -> list[tuple[str, str, str | None]]:
+    """(sha256, uri, format) of the images ``image_ids`` (what display renditions are made from)."""
+    out: list[tuple[str, str, str | None]] = []
+    for chunk in chunked(sorted(set(image_ids))):
+        q = sa.select(Image.sha256, Image.uri, Image.format).where(Image.id.in_(chunk))
+        out += [(str(s), str(u), f) for s, u, f in session.execute(q)]
+    return out
+
+
+def item_image_queries(session: Session) -> list[tuple[int, str, str]]:
+    """(item id, query, image uri) of every item."""
+    q = sa.select(Item.id, Item.query, Image.uri).join(Image, Item.image_id == Image.id)
+    return [(int(i), str(qq), str(u)) for i, qq, u in session.execute(q)]
