@@ -17,80 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from geoseg.types import BackendSpec, Box, GeoSegConfig, Grounding
-
-
-class InstantGrounder:
-    """Returns at once: the centred box covering the middle half of the image, the query as phrase."""
-
-    meaningless = True
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-
-    def ground(self, image: np.ndarray, query: str) -> Grounding:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        h, w = image.shape[:2]
-        box = Box(w * 0.25, h * 0.25, w * 0.75, h * 0.75)
-        raw = json.dumps({"bbox": [round(v, 1) for v in box.as_tuple()], "prompt": query[:40]})
-        return Grounding(boxes=(box,), phrase=query[:40], raw_text=raw)
-
-
-class InstantMatcher:
-    meaningless = True
-
-    def similarity_map(self, crop: np.ndarray, phrase: str) -> np.ndarray:
-        h, w = crop.shape[:2]
-        yy, xx = np.mgrid[0:h, 0:w]
-        return 1.0 - np.hypot((yy - h / 2) / max(h, 1), (xx - w / 2) / max(w, 1))
-
-
-class InstantSegmenter:
-    meaningless = True
-
-    def set_image(self, crop: np.ndarray) -> Any:
-        return crop.shape[:2]
-
-    def predict_points(self, state: Any, points: np.ndarray) -> np.ndarray:
-        h, w = state
-        yy, xx = np.mgrid[0:h, 0:w]
-        m = np.zeros((h, w), dtype=bool)
-        r = max(2.0, min(h, w) / 6)
-        for x, y in np.asarray(points).reshape(-1, 2):
-            m |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
-        return m
-
-    def predict_text(self, state: Any, phrase: str) -> np.ndarray:
-        h, w = state
-        yy, xx = np.mgrid[0:h, 0:w]
-        return ((xx - w / 2) / (w / 2.5)) ** 2 + ((yy - h / 2) / (h / 2.5)) ** 2 <= 1.0
-
-
-def instant_config() -> GeoSegConfig:
-    return GeoSegConfig(
-        profile="instant",
-        grounder=BackendSpec("instant"),
-        matcher=BackendSpec("instant"),
-        segmenter=BackendSpec("instant"),
-    )
-
-
-def instant_pipeline(delay_s: float = 0.0) -> Any:
-    """A GeoSegPipeline over the instant models (``delay_s`` per grounding call simulates model time)."""
-    from geoseg.pipeline import GeoSegPipeline
-
-    return GeoSegPipeline(instant_config(), InstantGrounder(delay_s), InstantMatcher(), InstantSegmenter())
-
-
-def register_instant(name: str = "instant", delay_s: float = 0.0) -> str:
-    from flows.preannotate import register_pipeline_factory
-
-    register_pipeline_factory(name, lambda: instant_pipeline(delay_s))
-    return name
-
+from benchmarks.common import register_instant, start_label_studio
 
 # --- the benchmark --------------------------------------------------------------------------------------------------
 
@@ -109,23 +36,6 @@ def write_queries(path: Path, n_items: int) -> Path:
             img = BROWSER_IMAGES[k % len(BROWSER_IMAGES)]
             w.writerow([img, f"benchmark target number {k}", ("L1", "L2", "L3")[k % 3], "Nature"])
     return path
-
-
-def _start_label_studio(root: Path) -> tuple[Any, Any]:
-    """A fresh local Label Studio (migrated template copied when the test fixture made one)."""
-    import shutil
-
-    from labeling.server import LabelStudioServer, default_venv
-
-    try:
-        from tests.fixtures.labelstudio import _ensure_template
-
-        shutil.copytree(_ensure_template(default_venv()), root / "labelstudio", dirs_exist_ok=True)
-    except ImportError:
-        pass
-    srv = LabelStudioServer(root / "labelstudio", imagery_root=root / "data")  # = from_settings with data_dir
-    srv.start()
-    return srv, srv.token()
 
 
 def _stage(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
@@ -152,7 +62,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
     from labeling.simulated_annotator import verdict_region
 
     root.mkdir(parents=True, exist_ok=True)
-    srv, token = _start_label_studio(root)
+    srv, token = start_label_studio(root)
     os.environ["LABEL_STUDIO_USER_TOKEN"] = token.get_secret_value()
     out: dict[str, Any] = {"items": n_items, "stages": []}
     try:

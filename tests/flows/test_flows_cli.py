@@ -23,7 +23,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.slow
 def test_ingest_preannotate_status_json(prefect_harness, tmp_path, capsys):
-    from benchmarks.bench_loop import register_instant
+    from tests.fixtures.instant import register_instant
 
     d = str(tmp_path / "data")
     code, out, err = _run(capsys, "init", "--no-models", "--data-dir", d)

@@ -145,7 +145,7 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
 _RUNNER = """
 import json, sys
 sys.path.insert(0, {root!r})
-from benchmarks.bench_loop import register_instant
+from tests.fixtures.instant import register_instant
 from flows.cycle import label_cycle_flow
 register_instant("instant-kill", delay_s={delay})
 rep = label_cycle_flow({src!r}, {queries!r}, profile="instant-kill", settings_overrides={overrides!r},

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.labeling.test_ml_backend_protocol import _rect_model, serve
+from tests.helpers.ml_backend import rect_model as _rect_model
+from tests.helpers.ml_backend import serve
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 pytestmark = pytest.mark.labelstudio
