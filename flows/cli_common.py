@@ -59,6 +59,14 @@ Queries = Annotated[
 ]
 
 _debug = {"on": False}
+_console = {"one_shot": True}  # False for long-running commands (serve): their run failures stay on the console
+
+#: Prefect's own log lines that repeat a failed run's exception; a one-shot command prints it once itself ("error: ...")
+_FAILURE_ECHOES = (
+    "Task run failed with exception",
+    "Finished in state Failed",
+    "Encountered exception during execution",
+)
 
 
 def set_debug(on: bool) -> None:
@@ -70,12 +78,20 @@ def debug_enabled() -> bool:
     return _debug["on"]
 
 
+def keep_run_failures_on_console() -> None:
+    """For long-running commands: Prefect's failed-run lines are the only report of a scheduled run's failure."""
+    _console["one_shot"] = False
+
+
 class _NoTraceback:
-    """A logging filter that keeps a record's message and drops its traceback (the CLI's one-line errors)."""
+    """A logging filter that keeps a record's message and drops its traceback (the CLI's one-line errors); in
+    one-shot commands it also drops Prefect's echoes of the failure the command reports itself as one line."""
 
     def filter(self, record: Any) -> bool:
         record.exc_info = None
         record.exc_text = None
+        if _console["one_shot"] and record.levelno >= 20:
+            return not str(record.getMessage()).startswith(_FAILURE_ECHOES)
         return True
 
 

@@ -81,44 +81,14 @@ def stop(data_dir: DataDir = None, as_json: Json = False) -> None:
     typer.echo("stopped" if stopped else "not running")
 
 
-def check_label_studio(settings: Any) -> dict[str, Any]:
-    """Whether the Label Studio the commands use (``settings.label_studio_url``) answers, its version, and whether
-    the token the commands would send works. Never includes the token."""
-    import httpx
-
-    from labeling.server import token_for
-
-    url = settings.label_studio_url.rstrip("/")
-    out: dict[str, Any] = {"url": url, "reachable": False, "version": None, "token_ok": None,
-                           "token_env": settings.label_studio_token_env}
-    try:
-        r = httpx.get(f"{url}/health", timeout=3.0)
-        out["reachable"] = r.status_code == 200
-    except httpx.HTTPError as exc:
-        out["detail"] = f"{type(exc).__name__}: {exc}"
-        return out
-    token = token_for(settings)
-    if token is None:
-        out["detail"] = f"no token: set {settings.label_studio_token_env} (or start the server from this data dir)"
-        return out
-    headers = {"Authorization": f"Token {token.get_secret_value()}"}
-    try:
-        v = httpx.get(f"{url}/api/version", timeout=5.0, headers=headers)
-        if v.status_code == 200:
-            info = v.json()
-            out["version"] = info.get("release") or (info.get("label-studio-os-package") or {}).get("version")
-        out["token_ok"] = httpx.get(f"{url}/api/current-user/whoami", timeout=5.0, headers=headers).status_code == 200
-    except (httpx.HTTPError, ValueError) as exc:
-        out["detail"] = f"{type(exc).__name__}: {exc}"
-    return out
-
-
 @ls_app.command("status")
 def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     """The Label Studio the other commands use: reachable, version, whether the token works (never the token);
     and the local server of this data dir."""
     srv, settings = _server(data_dir)
-    used = check_label_studio(settings)
+    from labeling.server import probe_label_studio
+
+    used = probe_label_studio(settings)
     local = srv.status()
     if as_json:
         print_json({"used": used, "local_server": _status_dict(local)})

@@ -259,8 +259,10 @@ def serve(
     as_json: Json = False,
 ) -> None:
     """Serve the deployments (label cycle every N minutes, nightly export) until Ctrl-C."""
+    from flows.cli_common import keep_run_failures_on_console
     from flows.serve import ServeConfig, serve_deployments
 
+    keep_run_failures_on_console()
     cfg = ServeConfig(
         every_minutes=every_minutes,
         export_cron=export_cron,

@@ -183,3 +183,25 @@ def _print_status(st: dict[str, Any]) -> None:
                   _fmt(r["median_iou"]), _fmt(r["share_unchanged"], pct=True),
                   _fmt(r["median_lead_time_s"], unit=" s"))
     con.print(q)
+
+
+@app.command("doctor")
+def doctor(
+    profile: Annotated[
+        str, typer.Option("--profile", "-p", help="Whose model weights to look for: tiny, paper or a profile file.")
+    ] = "tiny",
+    data_dir: DataDir = None,
+    as_json: Json = False,
+) -> None:
+    """Check venvs, Label Studio (reachable, version, token), database revision, blob store, GPU and model weights;
+    say what to do for each failure. Exit code 1 when a check fails."""
+    from flows.doctor import FAIL, run_checks
+
+    checks = run_checks(settings_for(data_dir), profile)
+    if as_json:
+        print_json([c.to_dict() for c in checks])
+    else:
+        for c in checks:
+            typer.echo(f"[{c.status:>4}] {c.name}: {c.detail}" + (f"\n       -> {c.fix}" if c.fix else ""))
+    if any(c.status == FAIL for c in checks):
+        raise typer.Exit(1)

@@ -81,8 +81,8 @@ class LabelStudioClient:
         secret = token.get_secret_value() if isinstance(token, SecretStr) else token
         if not secret:
             raise LabelStudioAuthError(
-                f"no Label Studio API token: set the environment variable {token_env} "
-                "(`geolabel labelstudio status` says where the local server keeps it)"
+                f"no Label Studio API token for {url}: start the local one with `geolabel labelstudio start` (the "
+                f"commands then find it and its token by themselves) or set the environment variable {token_env}"
             )
         self.retries = max(1, int(retries))
         self.backoff = float(backoff)

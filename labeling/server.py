@@ -112,6 +112,34 @@ def token_for(settings) -> SecretStr | None:  # noqa: ANN001 - storage.settings.
     return SecretStr(value) if isinstance(value, str) and value else None
 
 
+def probe_label_studio(settings) -> dict:  # noqa: ANN001 - storage.settings.Settings
+    """Whether the Label Studio the commands use (``settings.label_studio_url``) answers, its version, and whether
+    the token they would send (:func:`token_for`) works. Keys: url, reachable, version, token_ok, token_env, detail.
+    Never includes the token."""
+    url = settings.label_studio_url.rstrip("/")
+    out: dict = {"url": url, "reachable": False, "version": None, "token_ok": None,
+                 "token_env": settings.label_studio_token_env}
+    try:
+        out["reachable"] = httpx.get(f"{url}/health", timeout=3.0).status_code == 200
+    except httpx.HTTPError as exc:
+        out["detail"] = f"{type(exc).__name__}: {exc}"
+        return out
+    token = token_for(settings)
+    if token is None:
+        out["detail"] = f"no token: set {settings.label_studio_token_env} (or start the server from this data dir)"
+        return out
+    headers = {"Authorization": f"Token {token.get_secret_value()}"}
+    try:
+        v = httpx.get(f"{url}/api/version", timeout=5.0, headers=headers)
+        if v.status_code == 200:
+            info = v.json()
+            out["version"] = info.get("release") or (info.get("label-studio-os-package") or {}).get("version")
+        out["token_ok"] = httpx.get(f"{url}/api/current-user/whoami", timeout=5.0, headers=headers).status_code == 200
+    except (httpx.HTTPError, ValueError) as exc:
+        out["detail"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def default_venv() -> Path:
     return Path(os.environ.get("GEOLABEL_LABEL_STUDIO_VENV", REPO_ROOT / ".venv-ls"))
 

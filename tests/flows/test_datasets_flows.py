@@ -68,6 +68,11 @@ def test_snapshot_export_evaluate_through_the_cli(prefect_harness, geolabel_env,
 
     coco = _run(capsys, "export", "coco", str(tmp / "coco"), "--snapshot", "clibench@1", "--images", "link")
     assert coco["annotations"] == n and coco["images_linked"] == coco["images"]
+    assert coco["path"] == str((tmp / "coco" / "instances.json").resolve())
+    # an earlier export is replaced as a whole (no stale images/ left beside the new JSON)
+    again = _run(capsys, "export", "coco", str(tmp / "coco"), "--snapshot", "clibench@1")
+    assert again["annotations"] == n and not (tmp / "coco" / "images").exists()
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".coco")) == []  # no staging left behind
     full = _run(capsys, "export", "coco", str(tmp / "coco-all"), "--domain", "Urban", "--since", "2026-01-01")
     assert 0 < full["annotations"] < n
 

@@ -246,3 +246,29 @@ def test_predict_names_never_collide():
     queries = ("東京タワー", "東京駅", "the Conifer", "the conifer", "the  conifer", "x" * 60, "x" * 61)
     names = {slug(q) for q in queries}
     assert len(names) == 7
+
+
+def test_export_refuses_a_non_empty_folder_that_is_no_earlier_export(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code, _, err = _run(capsys, "export", "coco", str(out), "--data-dir", str(tmp_path / "d"))
+    assert code == 1 and err.strip() == (
+        f"error: export folder {out} is not empty and holds no earlier export: choose an empty folder"
+    )
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_doctor_says_what_to_do_for_each_failure(tmp_path, capsys, monkeypatch):
+    from labeling.server import free_port
+
+    monkeypatch.setenv("GEOLABEL_LABEL_STUDIO_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    code, out, err = _run(capsys, "doctor", "--json", "--data-dir", str(tmp_path / "d"))
+    checks = {c["name"]: c for c in json.loads(out)}
+    assert code == 1
+    assert {"app venv", "Label Studio venv", "Label Studio", "database", "blob store", "GPU"} <= set(checks)
+    assert {"grounder weights", "matcher weights", "segmenter weights"} <= set(checks)
+    assert checks["Label Studio"]["status"] == "fail" and "geolabel labelstudio start" in checks["Label Studio"]["fix"]
+    assert checks["database"]["status"] == "warn" and "geolabel init" in checks["database"]["fix"]  # not migrated
+    assert checks["blob store"]["status"] == "ok"
+    assert all(c["fix"] for c in checks.values() if c["status"] != "ok")
