@@ -49,6 +49,61 @@ def _stage(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _ceilings(client: Any, ls_project_id: int, push_batch: int, annotate: bool, out: dict[str, Any]) -> None:
+    """Label Studio's own rates in the same run: the pushed tasks bulk-imported straight into a second project (same
+    chunk size), and, with ``annotate``, every task annotated (8 API clients) then read back (sync's floor)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labeling.project import label_config
+    from labeling.simulated_annotator import verdict_region
+
+    tasks = list(client.iter_tasks(ls_project_id, fields="all", page_size=500))
+    raw = client.create_project("bench raw import", label_config())
+    payloads = [
+        {
+            "data": t["data"],
+            "predictions": [
+                {k: p[k] for k in ("result", "model_version", "score") if p.get(k) is not None}
+                for p in t["predictions"]
+            ],
+        }
+        for t in tasks
+    ]
+    t0 = time.perf_counter()
+    for i in range(0, len(payloads), push_batch):
+        client.import_tasks(int(raw["id"]), payloads[i : i + push_batch])
+    out["raw_import"] = _stage("raw LS bulk import", len(payloads), time.perf_counter() - t0)
+    if not annotate:  # the annotators' part: not loop orchestration
+        return
+
+    def annotate_one(task: dict[str, Any]) -> None:
+        res = [r for p in task["predictions"] for r in p["result"]] + [verdict_region("accept")]
+        client.create_annotation(int(task["id"]), res, lead_time=5.0)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(annotate_one, tasks))
+    out["annotate_api_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    n_read = sum(1 for _ in client.iter_tasks(ls_project_id, fields="all", page_size=100))
+    out["raw_read"] = _stage("raw LS task read (fields=all)", n_read, time.perf_counter() - t0)
+
+
+def _orchestration_per_item(out: dict[str, Any]) -> None:
+    """Orchestration per item = stage time minus the Label Studio work it cannot avoid (its ceiling, same run)."""
+    by = {s["stage"]: s for s in out["stages"]}
+    out["push_vs_raw"] = round(by["push"]["items_per_s"] / out["raw_import"]["items_per_s"], 3)
+    n = max(1, by["push"]["items"])
+    by["push"]["orchestration_ms_per_item"] = round(
+        1000 * (by["push"]["seconds"] - out["raw_import"]["seconds"]) / n, 2
+    )
+    if "raw_read" in out and by["sync"]["items"]:
+        extra = by["sync"]["seconds"] - out["raw_read"]["seconds"]
+        by["sync"]["orchestration_ms_per_item"] = round(1000 * extra / by["sync"]["items"], 2)
+    for name in ("ingest", "export"):
+        by[name]["orchestration_ms_per_item"] = by[name]["ms_per_item"]  # no model or Label Studio work inside
+
+
 def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch: int = 200) -> dict[str, Any]:
     import os
 
@@ -59,7 +114,6 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
     from flows.labeling_flows import label_studio_client, push_flow, sync_flow
     from flows.preannotate import preannotate_flow
     from flows.runtime import open_runtime, settings_from
-    from labeling.simulated_annotator import verdict_region
 
     root.mkdir(parents=True, exist_ok=True)
     srv, token = start_label_studio(root)
@@ -104,41 +158,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
 
             rt = open_runtime(settings_from(overrides))
             with label_studio_client(rt.settings) as client:
-                tasks = list(client.iter_tasks(pushed.ls_project_id, fields="all", page_size=500))
-                # ceiling: the same tasks bulk-imported straight into a second project, same chunk size
-                from labeling.project import label_config
-
-                raw = client.create_project("bench raw import", label_config())
-                payloads = [
-                    {
-                        "data": t["data"],
-                        "predictions": [
-                            {k: p[k] for k in ("result", "model_version", "score") if p.get(k) is not None}
-                            for p in t["predictions"]
-                        ],
-                    }
-                    for t in tasks
-                ]
-                t0 = time.perf_counter()
-                for i in range(0, len(payloads), push_batch):
-                    client.import_tasks(int(raw["id"]), payloads[i : i + push_batch])
-                raw_s = time.perf_counter() - t0
-                out["raw_import"] = _stage("raw LS bulk import", len(payloads), raw_s)
-                if annotate:  # the annotators' part (8 concurrent API clients): not loop orchestration
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    def annotate_one(task: dict[str, Any]) -> None:
-                        res = [r for p in task["predictions"] for r in p["result"]] + [verdict_region("accept")]
-                        client.create_annotation(int(task["id"]), res, lead_time=5.0)
-
-                    t0 = time.perf_counter()
-                    with ThreadPoolExecutor(8) as pool:
-                        list(pool.map(annotate_one, tasks))
-                    out["annotate_api_seconds"] = round(time.perf_counter() - t0, 2)
-                    # sync's ceiling: reading every annotated task back (what sync must at least do)
-                    t0 = time.perf_counter()
-                    n_read = sum(1 for _ in client.iter_tasks(pushed.ls_project_id, fields="all", page_size=100))
-                    out["raw_read"] = _stage("raw LS task read (fields=all)", n_read, time.perf_counter() - t0)
+                _ceilings(client, pushed.ls_project_id, push_batch, annotate, out)
 
             t = time.perf_counter()
             synced = sync_flow(settings_overrides=overrides, project_title="bench loop")
@@ -149,18 +169,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
             out["stages"].append(_stage("export", exp["annotations"], time.perf_counter() - t))
     finally:
         srv.stop()
-    by = {s["stage"]: s for s in out["stages"]}
-    out["push_vs_raw"] = round(by["push"]["items_per_s"] / out["raw_import"]["items_per_s"], 3)
-    # orchestration per item = stage time minus the Label Studio work it cannot avoid (its ceiling, same run)
-    n = max(1, by["push"]["items"])
-    by["push"]["orchestration_ms_per_item"] = round(
-        1000 * (by["push"]["seconds"] - out["raw_import"]["seconds"]) / n, 2
-    )
-    if "raw_read" in out and by["sync"]["items"]:
-        extra = by["sync"]["seconds"] - out["raw_read"]["seconds"]
-        by["sync"]["orchestration_ms_per_item"] = round(1000 * extra / by["sync"]["items"], 2)
-    for name in ("ingest", "export"):
-        by[name]["orchestration_ms_per_item"] = by[name]["ms_per_item"]  # no model or Label Studio work inside
+    _orchestration_per_item(out)
     return out
 
 
