@@ -272,3 +272,23 @@ def test_doctor_says_what_to_do_for_each_failure(tmp_path, capsys, monkeypatch):
     assert checks["database"]["status"] == "warn" and "geolabel init" in checks["database"]["fix"]  # not migrated
     assert checks["blob store"]["status"] == "ok"
     assert all(c["fix"] for c in checks.values() if c["status"] != "ok")
+
+
+def test_labelstudio_start_on_a_busy_port_fails_at_once(tmp_path, capsys):
+    import socket
+    import time
+
+    from labeling.server import default_venv
+
+    if not (default_venv() / "bin" / "label-studio").exists():
+        pytest.skip(f"no Label Studio venv at {default_venv()} (scripts/setup.sh creates it)")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        code, _, err = _run(capsys, "labelstudio", "start", "--port", str(port), "--data-dir", str(tmp_path / "d"))
+        assert time.monotonic() - t0 < 30
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and f"port {port} on 127.0.0.1 is already in use" in errors[0], err
+    assert not (tmp_path / "d" / "labelstudio" / "server.json").exists()  # no wrong port recorded

@@ -124,6 +124,10 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
     assert (rep["intake"]["ls_project_id"], rep["intake"]["items_new"]) == (intake["ls_project_id"], 1)
     assert (rep["preannotate"]["predicted"], rep["push"]["pushed"]) == (1, 1)
     assert rep["push"]["ls_project_id"] == cyc["push"]["ls_project_id"]  # the demo's review project
+    # `sync` without --project reads the project holding this data dir's tasks (no empty default project)
+    main(["sync", "--data-dir", str(data_dir), "--json"])
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["ls_project_id"] == cyc["push"]["ls_project_id"]
     mine = [t for t in _ls_tasks(ls_env.client, cyc["push"]["ls_project_id"]) if t["data"]["query"] == my_query]
     assert len(mine) == 1 and mine[0]["annotations"] == []
     assert [p["model_version"] for p in mine[0]["predictions"]] == [cyc["preannotate"]["model_version"]]
