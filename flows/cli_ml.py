@@ -51,8 +51,6 @@ def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
 
 def _connect(settings: Any, backend_url: str, project: str | None) -> None:
     """Register the backend on the review project (run in a thread while uvicorn serves)."""
-    from sqlalchemy.orm import Session
-
     from flows.labeling_flows import label_studio_client, review_project
     from flows.runtime import open_runtime
     from labeling.client import connect_ml_backend
@@ -60,7 +58,7 @@ def _connect(settings: Any, backend_url: str, project: str | None) -> None:
     _wait_healthy(backend_url)
     try:
         rt = open_runtime(settings)
-        with label_studio_client(settings) as client, Session(rt.engine) as session:
+        with label_studio_client(settings) as client, rt.session() as session:
             handle = review_project(client, session, settings, project)
             row = connect_ml_backend(client, handle.ls_project_id, backend_url)
         typer.echo(f"connected as ML backend {row.get('id')} of {handle.url}/projects/{handle.ls_project_id}", err=True)

@@ -98,13 +98,11 @@ def _label_studio(settings: Any, start: bool, echo: Callable[[str], None]) -> tu
 
 def _simulate(rt: Any, ls_project_id: int, seed: int, echo: Callable[[str], None]) -> list[SimulatedAction]:
     """Step 5: the simulated annotator on the demo's own items (never the queries a person wrote in intake)."""
-    from sqlalchemy.orm import Session
-
     from flows.labeling_flows import label_studio_client
     from labeling.simulated_annotator import simulate_annotator
 
     echo(f"5/7 {SIMULATED_ANNOTATOR}: verifying tasks through the Label Studio API")
-    with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
+    with label_studio_client(rt.settings) as client, rt.session() as session:
         actions = simulate_annotator(client, session, ls_project_id, seed=seed, only_items=demo_item_ids(session))
     counts: dict[str, int] = {}
     for a in actions:

@@ -84,8 +84,6 @@ def review_project(client: Any, session: Any, settings: Any, title: str | None) 
 
 
 def push(rt: Runtime, model_version: str, project_title: str | None = None, batch_size: int = 200) -> PushSummary:
-    from sqlalchemy.orm import Session
-
     from labeling.display import DisplayImages
     from labeling.push import PushJob, push_predictions
     from storage import repo
@@ -93,7 +91,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
 
     log = get_logger()
     t0 = time.perf_counter()
-    with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
+    with label_studio_client(rt.settings) as client, rt.session() as session:
         handle = review_project(client, session, rt.settings, project_title)
         pending = repo.predictions_awaiting_push(session, handle.label_project_id, model_version)
         jobs = [PushJob.of(item, item.image, pred) for item, pred in pending]  # plain values, read once
@@ -124,12 +122,10 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
 
 
 def sync(rt: Runtime, project_title: str | None = None, full: bool = False) -> SyncSummary:
-    from sqlalchemy.orm import Session
-
     from labeling.sync import sync_annotations
 
     log = get_logger()
-    with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
+    with label_studio_client(rt.settings) as client, rt.session() as session:
         handle = review_project(client, session, rt.settings, project_title)
         rep = sync_annotations(client, session, rt.blobs, handle, full=full)
         session.commit()

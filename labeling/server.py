@@ -144,7 +144,7 @@ def default_venv() -> Path:
     return Path(os.environ.get("GEOLABEL_LABEL_STUDIO_VENV", REPO_ROOT / ".venv-ls"))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -385,7 +385,7 @@ class LabelStudioServer:
             detail = f"no server started from {self.root}"
             return ServerStatus(False, None, None, None, None, detail=detail, **base)
         pid, url = int(state["pid"]), str(state["url"])
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return ServerStatus(False, url, pid, None, None, detail=f"process {pid} is not running", **base)
         if not self._healthy(url):
             return ServerStatus(False, url, pid, None, None, detail=f"process {pid} alive, {url} not healthy", **base)
@@ -409,7 +409,7 @@ class LabelStudioServer:
         if not state:
             return False
         pid = int(state["pid"])
-        was_running = _pid_alive(pid)
+        was_running = pid_alive(pid)
         if was_running:
             for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
                 try:
@@ -417,9 +417,9 @@ class LabelStudioServer:
                 except ProcessLookupError:
                     break
                 deadline = time.monotonic() + wait
-                while time.monotonic() < deadline and _pid_alive(pid):
+                while time.monotonic() < deadline and pid_alive(pid):
                     time.sleep(0.2)
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     break
         self.state_file.unlink(missing_ok=True)
         return was_running

@@ -60,7 +60,7 @@ def test_server_lifecycle_start_stop_restart(labelstudio_server, tmp_path):
     import os
     import shutil
 
-    from labeling.server import LabelStudioServer, _pid_alive
+    from labeling.server import LabelStudioServer, pid_alive
     from tests.fixtures.labelstudio import template_dir
 
     root = tmp_path / "labelstudio"
@@ -74,7 +74,7 @@ def test_server_lifecycle_start_stop_restart(labelstudio_server, tmp_path):
         assert st.running and st.token_ok and st.url != labelstudio_server.url
         assert os.getpgid(st.pid) == st.pid  # its own process group
         assert srv.stop() is True
-        assert not _pid_alive(st.pid) and not srv.state_file.exists()
+        assert not pid_alive(st.pid) and not srv.state_file.exists()
         assert not srv.status().running and srv.stop() is False
         st2 = srv.start()  # warm restart on the same data: the same token still works
         assert st2.running and st2.token_ok and st2.pid != st.pid
