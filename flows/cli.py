@@ -63,12 +63,16 @@ def version() -> None:
 
 
 def _merge() -> None:
+    """Each module's ``app`` is merged into the root (``flows.cli_intake`` as the ``intake`` group); a module that
+    only has the older ``register(app)`` hook is registered through it."""
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
         if name == "flows.cli_intake":
             app.add_typer(module.app, name="intake")
-        else:
+        elif hasattr(module, "app"):
             app.add_typer(module.app)
+        else:
+            module.register(app)
 
 
 _merge()
