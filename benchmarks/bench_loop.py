@@ -17,80 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from geoseg.types import BackendSpec, Box, GeoSegConfig, Grounding
-
-
-class InstantGrounder:
-    """Returns at once: the centred box covering the middle half of the image, the query as phrase."""
-
-    meaningless = True
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.delay_s = delay_s
-
-    def ground(self, image: np.ndarray, query: str) -> Grounding:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        h, w = image.shape[:2]
-        box = Box(w * 0.25, h * 0.25, w * 0.75, h * 0.75)
-        raw = json.dumps({"bbox": [round(v, 1) for v in box.as_tuple()], "prompt": query[:40]})
-        return Grounding(boxes=(box,), phrase=query[:40], raw_text=raw)
-
-
-class InstantMatcher:
-    meaningless = True
-
-    def similarity_map(self, crop: np.ndarray, phrase: str) -> np.ndarray:
-        h, w = crop.shape[:2]
-        yy, xx = np.mgrid[0:h, 0:w]
-        return 1.0 - np.hypot((yy - h / 2) / max(h, 1), (xx - w / 2) / max(w, 1))
-
-
-class InstantSegmenter:
-    meaningless = True
-
-    def set_image(self, crop: np.ndarray) -> Any:
-        return crop.shape[:2]
-
-    def predict_points(self, state: Any, points: np.ndarray) -> np.ndarray:
-        h, w = state
-        yy, xx = np.mgrid[0:h, 0:w]
-        m = np.zeros((h, w), dtype=bool)
-        r = max(2.0, min(h, w) / 6)
-        for x, y in np.asarray(points).reshape(-1, 2):
-            m |= (xx - x) ** 2 + (yy - y) ** 2 <= r * r
-        return m
-
-    def predict_text(self, state: Any, phrase: str) -> np.ndarray:
-        h, w = state
-        yy, xx = np.mgrid[0:h, 0:w]
-        return ((xx - w / 2) / (w / 2.5)) ** 2 + ((yy - h / 2) / (h / 2.5)) ** 2 <= 1.0
-
-
-def instant_config() -> GeoSegConfig:
-    return GeoSegConfig(
-        profile="instant",
-        grounder=BackendSpec("instant"),
-        matcher=BackendSpec("instant"),
-        segmenter=BackendSpec("instant"),
-    )
-
-
-def instant_pipeline(delay_s: float = 0.0) -> Any:
-    """A GeoSegPipeline over the instant models (``delay_s`` per grounding call simulates model time)."""
-    from geoseg.pipeline import GeoSegPipeline
-
-    return GeoSegPipeline(instant_config(), InstantGrounder(delay_s), InstantMatcher(), InstantSegmenter())
-
-
-def register_instant(name: str = "instant", delay_s: float = 0.0) -> str:
-    from geoseg.registry import register_pipeline
-
-    register_pipeline(name, lambda: instant_pipeline(delay_s))
-    return name
-
+from benchmarks.common import register_instant, start_label_studio
 
 # --- the benchmark --------------------------------------------------------------------------------------------------
 
@@ -111,23 +38,6 @@ def write_queries(path: Path, n_items: int) -> Path:
     return path
 
 
-def _start_label_studio(root: Path) -> tuple[Any, Any]:
-    """A fresh local Label Studio (migrated template copied when the test fixture made one)."""
-    import shutil
-
-    from labeling.server import LabelStudioServer, default_venv
-
-    try:
-        from tests.fixtures.labelstudio import _ensure_template
-
-        shutil.copytree(_ensure_template(default_venv()), root / "labelstudio", dirs_exist_ok=True)
-    except ImportError:
-        pass
-    srv = LabelStudioServer(root / "labelstudio", imagery_root=root / "data")  # = from_settings with data_dir
-    srv.start()
-    return srv, srv.token()
-
-
 def _stage(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
     return {
         "stage": name,
@@ -139,20 +49,74 @@ def _stage(name: str, n: int, seconds: float, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _ceilings(client: Any, ls_project_id: int, push_batch: int, annotate: bool, out: dict[str, Any]) -> None:
+    """Label Studio's own rates in the same run: the pushed tasks bulk-imported straight into a second project (same
+    chunk size), and, with ``annotate``, every task annotated (8 API clients) then read back (sync's floor)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labeling.project import label_config
+    from labeling.simulated_annotator import verdict_region
+
+    tasks = list(client.iter_tasks(ls_project_id, fields="all", page_size=500))
+    raw = client.create_project("bench raw import", label_config())
+    payloads = [
+        {
+            "data": t["data"],
+            "predictions": [
+                {k: p[k] for k in ("result", "model_version", "score") if p.get(k) is not None}
+                for p in t["predictions"]
+            ],
+        }
+        for t in tasks
+    ]
+    t0 = time.perf_counter()
+    for i in range(0, len(payloads), push_batch):
+        client.import_tasks(int(raw["id"]), payloads[i : i + push_batch])
+    out["raw_import"] = _stage("raw LS bulk import", len(payloads), time.perf_counter() - t0)
+    if not annotate:  # the annotators' part: not loop orchestration
+        return
+
+    def annotate_one(task: dict[str, Any]) -> None:
+        res = [r for p in task["predictions"] for r in p["result"]] + [verdict_region("accept")]
+        client.create_annotation(int(task["id"]), res, lead_time=5.0)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(annotate_one, tasks))
+    out["annotate_api_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    n_read = sum(1 for _ in client.iter_tasks(ls_project_id, fields="all", page_size=100))
+    out["raw_read"] = _stage("raw LS task read (fields=all)", n_read, time.perf_counter() - t0)
+
+
+def _orchestration_per_item(out: dict[str, Any]) -> None:
+    """Orchestration per item = stage time minus the Label Studio work it cannot avoid (its ceiling, same run)."""
+    by = {s["stage"]: s for s in out["stages"]}
+    out["push_vs_raw"] = round(by["push"]["items_per_s"] / out["raw_import"]["items_per_s"], 3)
+    n = max(1, by["push"]["items"])
+    by["push"]["orchestration_ms_per_item"] = round(
+        1000 * (by["push"]["seconds"] - out["raw_import"]["seconds"]) / n, 2
+    )
+    if "raw_read" in out and by["sync"]["items"]:
+        extra = by["sync"]["seconds"] - out["raw_read"]["seconds"]
+        by["sync"]["orchestration_ms_per_item"] = round(1000 * extra / by["sync"]["items"], 2)
+    for name in ("ingest", "export"):
+        by[name]["orchestration_ms_per_item"] = by[name]["ms_per_item"]  # no model or Label Studio work inside
+
+
 def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch: int = 200) -> dict[str, Any]:
     import os
 
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.datasets import export_flow
-    from flows.demo import _verdict_region
     from flows.ingest import ingest_flow
     from flows.labeling_flows import label_studio_client, push_flow, sync_flow
     from flows.preannotate import preannotate_flow
     from flows.runtime import open_runtime, settings_from
 
     root.mkdir(parents=True, exist_ok=True)
-    srv, token = _start_label_studio(root)
+    srv, token = start_label_studio(root)
     os.environ["LABEL_STUDIO_USER_TOKEN"] = token.get_secret_value()
     out: dict[str, Any] = {"items": n_items, "stages": []}
     try:
@@ -194,41 +158,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
 
             rt = open_runtime(settings_from(overrides))
             with label_studio_client(rt.settings) as client:
-                tasks = list(client.iter_tasks(pushed.ls_project_id, fields="all", page_size=500))
-                # ceiling: the same tasks bulk-imported straight into a second project, same chunk size
-                from labeling.project import label_config
-
-                raw = client.create_project("bench raw import", label_config())
-                payloads = [
-                    {
-                        "data": t["data"],
-                        "predictions": [
-                            {k: p[k] for k in ("result", "model_version", "score") if p.get(k) is not None}
-                            for p in t["predictions"]
-                        ],
-                    }
-                    for t in tasks
-                ]
-                t0 = time.perf_counter()
-                for i in range(0, len(payloads), push_batch):
-                    client.import_tasks(int(raw["id"]), payloads[i : i + push_batch])
-                raw_s = time.perf_counter() - t0
-                out["raw_import"] = _stage("raw LS bulk import", len(payloads), raw_s)
-                if annotate:  # the annotators' part (8 concurrent API clients): not loop orchestration
-                    from concurrent.futures import ThreadPoolExecutor
-
-                    def annotate_one(task: dict[str, Any]) -> None:
-                        res = [r for p in task["predictions"] for r in p["result"]] + [_verdict_region("accept")]
-                        client.create_annotation(int(task["id"]), res, lead_time=5.0)
-
-                    t0 = time.perf_counter()
-                    with ThreadPoolExecutor(8) as pool:
-                        list(pool.map(annotate_one, tasks))
-                    out["annotate_api_seconds"] = round(time.perf_counter() - t0, 2)
-                    # sync's ceiling: reading every annotated task back (what sync must at least do)
-                    t0 = time.perf_counter()
-                    n_read = sum(1 for _ in client.iter_tasks(pushed.ls_project_id, fields="all", page_size=100))
-                    out["raw_read"] = _stage("raw LS task read (fields=all)", n_read, time.perf_counter() - t0)
+                _ceilings(client, pushed.ls_project_id, push_batch, annotate, out)
 
             t = time.perf_counter()
             synced = sync_flow(settings_overrides=overrides, project_title="bench loop")
@@ -239,18 +169,7 @@ def run_benchmark(n_items: int, root: Path, *, annotate: bool = True, push_batch
             out["stages"].append(_stage("export", exp["annotations"], time.perf_counter() - t))
     finally:
         srv.stop()
-    by = {s["stage"]: s for s in out["stages"]}
-    out["push_vs_raw"] = round(by["push"]["items_per_s"] / out["raw_import"]["items_per_s"], 3)
-    # orchestration per item = stage time minus the Label Studio work it cannot avoid (its ceiling, same run)
-    n = max(1, by["push"]["items"])
-    by["push"]["orchestration_ms_per_item"] = round(
-        1000 * (by["push"]["seconds"] - out["raw_import"]["seconds"]) / n, 2
-    )
-    if "raw_read" in out and by["sync"]["items"]:
-        extra = by["sync"]["seconds"] - out["raw_read"]["seconds"]
-        by["sync"]["orchestration_ms_per_item"] = round(1000 * extra / by["sync"]["items"], 2)
-    for name in ("ingest", "export"):
-        by[name]["orchestration_ms_per_item"] = by[name]["ms_per_item"]  # no model or Label Studio work inside
+    _orchestration_per_item(out)
     return out
 
 

@@ -50,20 +50,17 @@ def main() -> None:
 
     import httpx
 
-    from flows.cli_ml import connect_ml_backend, load_geoseg_model
+    from benchmarks.common import label_studio_template, serve
+    from flows.cli_ml import load_geoseg_model
     from geoseg.registry import model_version_of
-    from labeling.client import LabelStudioClient
+    from labeling.client import LabelStudioClient, connect_ml_backend
     from labeling.ml_backend import MLBackendConfig, create_app
     from labeling.project import label_config
     from labeling.push import ImageUrlResolver
-    from labeling.server import LabelStudioServer, default_venv
-    from tests.fixtures.labelstudio import _template_dir
-    from tests.labeling.test_ml_backend_protocol import serve
+    from labeling.server import LabelStudioServer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ml-"))
-    tpl = _template_dir(default_venv())
-    if (tpl / "data").is_dir():
-        shutil.copytree(tpl, tmp / "ls")
+    shutil.copytree(label_studio_template(), tmp / "ls")
     imagery = tmp / "imagery"
     imagery.mkdir()
     shutil.copy(ROOT / "tests" / "data" / "aerial" / "SOAP_031.png", imagery / "SOAP_031.png")

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from flows.cli_common import DataDir, Json, print_json
+
 db_app = typer.Typer(help="Database schema: upgrade, current revision, downgrade.", no_args_is_help=True)
+app = typer.Typer()
+app.add_typer(db_app, name="db")
 
-_URL_OPTION = typer.Option(None, "--url", help="Database URL (default: GEOLABEL_DATABASE_URL or the settings).")
+Url = Annotated[
+    str | None,
+    typer.Option("--url", help="Database URL (default: the data dir's settings, GEOLABEL_DATABASE_URL).",
+                 show_default=False),
+]
 
 
-def _url(url: str | None) -> str:
+def _url(url: str | None, data_dir: Path | None) -> str:
     if url:
         return url
     from storage.settings import Settings
 
-    return Settings.load().database_url
+    return Settings.load(**({"data_dir": str(data_dir)} if data_dir else {})).database_url
 
 
 def _check(url: str) -> None:
@@ -29,46 +40,68 @@ def _check(url: str) -> None:
 
 @db_app.command("upgrade")
 def upgrade(
-    revision: str = typer.Argument("head", help="Target revision."),
-    url: str | None = _URL_OPTION,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    url: Url = None,
+    data_dir: DataDir = None,
+    as_json: Json = False,
 ) -> None:
     """Migrate the database up to REVISION (default: head)."""
     from storage import db
 
-    target = _url(url)
+    target = _url(url, data_dir)
     _check(target)
     db.upgrade(target, revision)
+    if as_json:
+        print_json({"database": db.safe_url(target), "revision": db.current(target)})
+        return
     typer.echo(f"{db.safe_url(target)}: at revision {db.current(target)}")
 
 
 @db_app.command("current")
-def current(url: str | None = _URL_OPTION) -> None:
+def current(url: Url = None, data_dir: DataDir = None, as_json: Json = False) -> None:
     """Print the database's revision and the newest one this code knows."""
     from storage import db
 
-    target = _url(url)
+    target = _url(url, data_dir)
     rev = db.current(target)
     head = db.head_revision()
     state = "up to date" if rev == head else ("not migrated" if rev is None else "behind: run `geolabel db upgrade`")
+    if as_json:
+        print_json({"database": db.safe_url(target), "revision": rev, "head": head, "state": state})
+        return
     typer.echo(f"{db.safe_url(target)}: revision {rev or '(none)'}; head {head} ({state})")
 
 
-@db_app.command("downgrade")
+def _rows_line(rows: dict[str, int]) -> str:
+    return ", ".join(f"{t} {n}" for t, n in rows.items() if n) or "no rows"
+
+
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def downgrade(
-    revision: str = typer.Argument(..., help="Target revision, e.g. -1 or base (base drops every table)."),
-    url: str | None = _URL_OPTION,
-    yes: bool = typer.Option(False, "--yes", help="Confirm: downgrading can drop tables and their data."),
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 (one step) or base (drops every table).")],
+    url: Url = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: downgrading can drop tables and their data.")] = False,
+    data_dir: DataDir = None,
+    as_json: Json = False,
 ) -> None:
-    """Migrate the database down to REVISION."""
+    """Migrate the database down to REVISION; says how many rows the dropped tables held."""
     from storage import db
 
-    if not yes:
-        raise typer.BadParameter("downgrading can drop tables and data; pass --yes to confirm", param_hint="--yes")
-    target = _url(url)
+    target = _url(url, data_dir)
     _check(target)
+    before = db.table_rows(target)
+    if not yes:
+        raise typer.BadParameter(
+            f"downgrading can drop tables and their data (now: {_rows_line(before)}); pass --yes to confirm",
+            param_hint="--yes",
+        )
     db.downgrade(target, revision)
-    typer.echo(f"{db.safe_url(target)}: at revision {db.current(target) or '(none)'}")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(db_app, name="db")
+    after = db.table_rows(target)
+    dropped = {t: n for t, n in before.items() if t not in after}
+    rev = db.current(target)
+    if as_json:
+        print_json({"database": db.safe_url(target), "revision": rev, "dropped_tables": dropped,
+                    "dropped_rows": sum(dropped.values())})
+        return
+    typer.echo(f"{db.safe_url(target)}: at revision {rev or '(none)'}; dropped {len(dropped)} table(s) holding "
+               f"{sum(dropped.values())} row(s)" + (f" ({_rows_line(dropped)})" if any(dropped.values()) else ""))

@@ -12,9 +12,16 @@ import typer
 
 
 def slug(text: str, limit: int = 40) -> str:
-    """A filename-safe short form of a query."""
+    """A filename-safe short form of a query, distinct for distinct queries: a plain lowercase ASCII query becomes
+    its words joined by ``-``; any other (case, punctuation, Unicode, cut at ``limit``) gets 8 hex digits of the
+    query's SHA-256 appended, so two queries on one image never write the same files."""
+    import hashlib
+
     s = re.sub(r"[^A-Za-z0-9]+", "-", text.strip().lower()).strip("-")
-    return (s[:limit].rstrip("-")) or "query"
+    short = s[:limit].rstrip("-")
+    if short and short.replace("-", " ") == text:
+        return short
+    return f"{short or 'query'}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 def render_overlay(rgb: Any, result: Any) -> Any:
@@ -66,6 +73,7 @@ def register(app: typer.Typer) -> None:
         no_route_a: bool = typer.Option(False, "--no-route-a", help="Ablation: skip CLIP Surgery keypoints."),
         no_route_b: bool = typer.Option(False, "--no-route-b", help="Ablation: skip the SAM3 text prompt."),
         out: Path = typer.Option(Path("predictions"), "--out", help="Output directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result JSON instead of the summary lines."),
     ) -> None:
         """Segment QUERY in IMAGE; writes the mask PNG, an overlay PNG and the result JSON."""
         from transformers.utils import logging as hf_logging
@@ -102,6 +110,9 @@ def register(app: typer.Typer) -> None:
             "meaningless": pipeline.meaningless,
         }
         paths = write_outputs(out, f"{Path(image).stem}__{slug(query)}", loaded.rgb, result, extra)
+        if as_json:
+            typer.echo(paths["json"].read_text())
+            return
         area = result.area
         typer.echo(
             f"route={result.route} mask_area={area} ({area / result.mask.size:.2%}) "
@@ -113,3 +124,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{kind}: {p}")
         if pipeline.meaningless:
             typer.echo(f"note: {TINY_MODEL_WARNING}")
+
+
+app = typer.Typer()  # the `predict` command as a sub-app, like the other command modules
+register(app)

@@ -10,23 +10,16 @@ Parameters are JSON-able (deployments serialise them); settings come from ``sett
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.logs import get_logger
 from flows.prefect_server import publish_report
 from flows.runtime import open_runtime, settings_from
-
-
-def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow/task run (plain function calls, .fn())
-        return logging.getLogger("geolabel.flows")
 
 
 def _when(value: str | datetime | None, name: str) -> datetime | None:
@@ -62,13 +55,49 @@ def snapshots_root(settings: Any, out_root: str | None = None) -> Path:
 # --- export -----------------------------------------------------------------------------------------------------------
 
 
+def check_export_dir(out_dir: str | Path) -> None:
+    """An export goes into a missing or empty folder, or replaces an earlier export (a folder with instances.json);
+    any other non-empty folder is refused, so nothing of the user's is deleted."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"export folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / "instances.json").is_file():
+        raise ValueError(f"export folder {out} is not empty and holds no earlier export: choose an empty folder")
+
+
+def replace_dir(staged: Path, out: Path) -> None:
+    """Put ``staged`` where ``out`` is (the earlier export, stale files included, is removed after the swap)."""
+    import shutil
+    import tempfile
+
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / "export"
+    if out.exists():
+        out.rename(old)
+    staged.rename(out)
+    shutil.rmtree(old.parent, ignore_errors=True)
+
+
 @task(name="export-coco", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def export_coco_task(settings_overrides: dict[str, Any] | None, out_dir: str, filters: Any, images: str) -> dict:
+    """Export into a staging folder beside ``out_dir``, then swap it in: no stale file of an earlier export stays."""
+    import shutil
+    import tempfile
+
     from storage.datasets.coco import export_coco
 
+    check_export_dir(out_dir)
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))  # unique: two exports at once
+    staged = work / "export"
     rt = open_runtime(settings_from(settings_overrides))
-    with rt.session() as s:
-        return export_coco(s, rt.blobs, out_dir, filters, images=images).summary()
+    try:
+        with rt.session() as s:
+            summary = export_coco(s, rt.blobs, staged, filters, images=images).summary()
+        replace_dir(staged, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {k: (str(v).replace(str(staged), str(out)) if isinstance(v, str | Path) else v) for k, v in summary.items()}
 
 
 @flow(name="export-coco", log_prints=True)
@@ -88,8 +117,9 @@ def export_flow(
     """Write ``out_dir/instances.json`` (COCO + refs + no_target) for the selected triplets."""
     f = make_filter(snapshot, domains, levels, since, until, model_version, min_agreement, min_annotators)
     summary = export_coco_task(settings_overrides, out_dir, f, images)
-    _logger().info("COCO export: %(annotations)d annotations, %(images)d images, %(no_target)d no-target -> %(path)s",
-                   summary)
+    get_logger().info(
+        "COCO export: %(annotations)d annotations, %(images)d images, %(no_target)d no-target -> %(path)s", summary
+    )
     publish_report("export-coco", summary)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return summary
 
@@ -144,7 +174,7 @@ def snapshot_flow(
                                allow_shortfall=allow_shortfall)
     info = create_snapshot_task(settings_overrides, name, str(snapshots_root(settings, out_root)), f, strat, limit,
                                 description)
-    _logger().info("snapshot %(ref)s: %(triplets)d triplets -> %(path)s", info)
+    get_logger().info("snapshot %(ref)s: %(triplets)d triplets -> %(path)s", info)
     publish_report("snapshot", info)  # the run's artifacts in the Prefect UI (flows.prefect_server)
     return info
 
@@ -175,7 +205,7 @@ def resolve_benchmark(benchmark: str, settings_overrides: dict[str, Any] | None 
 def evaluate_task(pipeline: Any, bench: Any, cache_dir: str, label: str) -> Any:
     from geoseg.evaluation.harness import evaluate
 
-    log = _logger()
+    log = get_logger()
     step = max(1, len(bench) // 10)
 
     def progress(i: int, n: int, o: Any) -> None:
@@ -247,7 +277,7 @@ def evaluate_flow(
     from geoseg.profiles import load_profile
     from geoseg.types import ABLATIONS, TINY_MODEL_WARNING
 
-    log = _logger()
+    log = get_logger()
     bench, is_snapshot = resolve_benchmark(benchmark, settings_overrides, snapshots_dir)
     if limit is not None:
         bench = bench.subset(limit=limit)

@@ -16,13 +16,13 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.logs import get_logger as _logger
 from flows.prefect_server import publish_report
 from flows.runtime import Runtime, chunks, open_runtime, settings_from
 from storage.ingest import (  # noqa: F401 - re-exported: callers and tests import them from here
@@ -52,13 +52,6 @@ class IngestReport:
         d = asdict(self)
         d["issues"] = [asdict(i) for i in self.issues]
         return d
-
-
-def _logger() -> Any:
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow/task run (plain function calls, .fn())
-        return logging.getLogger("geolabel.flows")
 
 
 @task(name="register-images", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

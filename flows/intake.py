@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.ingest import _logger
+from flows.logs import get_logger as _logger
 from flows.prefect_server import publish_report
 from flows.runtime import Runtime, open_runtime, settings_from
 
@@ -43,7 +43,8 @@ class IntakeSummary:
 
 
 def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = True) -> IntakeSummary:
-    from flows.labeling_flows import DisplayImages, imagery_root, label_studio_client
+    from flows.labeling_flows import label_studio_client
+    from labeling.display import DisplayImages, imagery_root
     from labeling.intake import DEFAULT_INTAKE_TITLE, create_intake_tasks, ensure_intake_project, pull_queries
     from storage import repo
 
@@ -62,7 +63,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
             rows = [r for r in repo.image_refs(session) if r[0] not in present]
             session.rollback()
             if rows:
-                display = DisplayImages(rt)
+                display = DisplayImages(rt.settings, rt.blobs)
                 for uri, err in display.prepare([r[:3] for r in rows]):
                     log.warning("intake: no displayable rendition for %s: %s", uri, err)
                 rep = create_intake_tasks(client, session, handle, display, image_ids=[r[3] for r in rows])

@@ -5,32 +5,24 @@
   idempotent with reconciliation after a crash) for the predictions of one model version.
 * ``sync_flow``: ``labeling.sync.sync_annotations`` since the project's watermark (``full=True`` re-reads all).
 
-Display renditions: browsers cannot show GeoTIFF, multi-band or 16-bit imagery, so Label Studio gets the RGB
-rendition of ``geoseg.imagery.read_image`` (PNG; PNG/JPEG sources are copied unchanged). With a local blob store the
-renditions are files ``<data_dir>/display/<image sha256>.<ext>`` served by Label Studio's local-files serving below
-the imagery root it serves (``imagery_roots[0]``, else the data dir: what ``labeling.server`` starts it with), so the
-data dir must lie below that root; with an S3 blob store they are blobs and Label Studio gets presigned
-URLs. Masks refer to the rendition's pixel grid, which is the image's own.
+Display renditions (browser-displayable copies of GeoTIFF and multi-band imagery) come from
+:mod:`labeling.display`. Without a project title both use :func:`review_project`'s rule: the project of this data dir
+that already holds tasks, else ``labeling.project.DEFAULT_TITLE``.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.ingest import _logger
+from flows.logs import get_logger
 from flows.prefect_server import publish_report
 from flows.runtime import Runtime, open_runtime, settings_from
-
-DISPLAY_DIR = "display"
-BROWSER_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 
 
 @dataclass(frozen=True)
@@ -65,112 +57,49 @@ class SyncSummary:
         return asdict(self)
 
 
-def imagery_root(settings: Any) -> Path:
-    """The directory the project's Label Studio serves local files from (``LabelStudioServer.from_settings``)."""
-    roots = settings.imagery_roots
-    return Path(roots[0] if roots else settings.data_dir).resolve()
-
-
-class DisplayImages:
-    """Image URI -> a URL Label Studio can show, producing browser-displayable renditions on demand."""
-
-    def __init__(self, rt: Runtime) -> None:
-        from labeling.push import ImageUrlResolver
-
-        self.rt = rt
-        self.s3 = str(rt.settings.blob_url).startswith("s3://")
-        self.root = imagery_root(rt.settings)
-        self.dir = Path(rt.settings.data_dir).resolve() / DISPLAY_DIR
-        self.resolver = ImageUrlResolver([self.dir, self.root], document_root=self.root.parent)
-        self._by_uri: dict[str, str] = {}
-
-    def _rendition(self, sha: str, uri: str, fmt: str | None) -> tuple[bytes, str]:
-        from geoseg.imagery import read_image
-
-        data = self._image_bytes(sha, uri)
-        loaded = read_image(data, name=uri)
-        if fmt in BROWSER_FORMATS and loaded.bands in (1, 3) and loaded.dtype == "uint8":
-            return data, BROWSER_FORMATS[fmt]
-        from PIL import Image as PILImage
-
-        buf = io.BytesIO()
-        PILImage.fromarray(loaded.rgb).save(buf, format="PNG", compress_level=1)
-        return buf.getvalue(), ".png"
-
-    def _image_bytes(self, sha: str, uri: str) -> bytes:
-        from storage.ingest import image_bytes
-
-        return image_bytes(self.rt.blobs, sha, uri, settings=self.rt.settings)
-
-    def prepare(self, images: list[tuple[str, str, str | None]]) -> list[tuple[str, str]]:
-        """Make renditions for (sha256, uri, format) triples; returns (uri, error) for the ones that failed."""
-        failures: list[tuple[str, str]] = []
-        for sha, uri, fmt in images:
-            if uri in self._by_uri:
-                continue
-            try:
-                if self.s3:
-                    from labeling.storages import s3_blob_uri  # s3:// URIs: the project's S3 storage presigns on view
-
-                    if fmt in BROWSER_FORMATS and self.rt.blobs.exists(sha):
-                        self._by_uri[uri] = self.resolver(s3_blob_uri(self.rt.blobs, sha))
-                        continue
-                    data, _ext = self._rendition(sha, uri, fmt)
-                    self._by_uri[uri] = self.resolver(s3_blob_uri(self.rt.blobs, self.rt.blobs.put(data)))
-                    continue
-                existing = [self.dir / f"{sha}{ext}" for ext in (".png", ".jpg")]
-                path = next((p for p in existing if p.is_file()), None)
-                if path is None:
-                    data, ext = self._rendition(sha, uri, fmt)
-                    self.dir.mkdir(parents=True, exist_ok=True)
-                    path = self.dir / f"{sha}{ext}"
-                    tmp = path.with_suffix(path.suffix + ".tmp")
-                    tmp.write_bytes(data)
-                    tmp.replace(path)  # atomic: a killed run leaves no half-written rendition
-                self._by_uri[uri] = self.resolver(str(path))
-            except Exception as exc:  # noqa: BLE001 - recorded; push_predictions then fails these items one by one
-                failures.append((uri, f"{type(exc).__name__}: {exc}"))
-        return failures
-
-    def __call__(self, uri: str) -> str:
-        try:
-            return self._by_uri[uri]
-        except KeyError:
-            raise ValueError(f"{uri}: no displayable rendition was prepared") from None
-
-
-
-
 def label_studio_client(settings: Any) -> Any:
     from labeling.client import LabelStudioClient
 
     return LabelStudioClient.from_settings(settings)
 
 
-def _project(client: Any, session: Any, settings: Any, title: str | None) -> Any:
-    from labeling.project import DEFAULT_TITLE, ensure_project
+def review_project(client: Any, session: Any, settings: Any, title: str | None) -> Any:
+    """Find or create the review project (committed); returns ``labeling.project.ProjectHandle``.
 
-    handle = ensure_project(client, session, title or DEFAULT_TITLE, imagery_root=imagery_root(settings))
+    Without ``title``: the project of this database that already holds tasks on this Label Studio (the one pushed to
+    last; several are an error naming them), else ``labeling.project.DEFAULT_TITLE``; so ``sync`` after a demo or a
+    push to a named project reads that project instead of creating an empty default one.
+    """
+    from labeling.display import imagery_root
+    from labeling.project import DEFAULT_TITLE, ensure_project
+    from storage.repo.labeling import projects_with_tasks
+
+    if not title:
+        known = projects_with_tasks(session, client.url)
+        if len(known) > 1:
+            names = ", ".join(repr(t) for t in known)
+            raise ValueError(f"this data dir has tasks in several projects ({names}): pass --project TITLE")
+        title = known[0] if known else DEFAULT_TITLE
+    handle = ensure_project(client, session, title, imagery_root=imagery_root(settings))
     session.commit()
     return handle
 
 
 def push(rt: Runtime, model_version: str, project_title: str | None = None, batch_size: int = 200) -> PushSummary:
-    from sqlalchemy.orm import Session
-
+    from labeling.display import DisplayImages
     from labeling.push import PushJob, push_predictions
     from storage import repo
 
-    log = _logger()
+    log = get_logger()
     t0 = time.perf_counter()
-    with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
-        handle = _project(client, session, rt.settings, project_title)
+    with label_studio_client(rt.settings) as client, rt.session() as session:
+        handle = review_project(client, session, rt.settings, project_title)
         pending = repo.predictions_awaiting_push(session, handle.label_project_id, model_version)
         jobs = [PushJob.of(item, item.image, pred) for item, pred in pending]  # plain values, read once
         images = [r[:3] for r in repo.image_refs(session, {item.image_id for item, _ in pending})]
         session.rollback()  # release the read transaction before the long push (SQLite writers)
-        display = DisplayImages(rt)
-        for uri, err in display.prepare([tuple(r) for r in images]):
+        display = DisplayImages(rt.settings, rt.blobs)
+        for uri, err in display.prepare(images):
             log.warning("push: no displayable rendition for %s: %s", uri, err)
         from labeling.storages import S3Connection
 
@@ -198,13 +127,11 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
 
 
 def sync(rt: Runtime, project_title: str | None = None, full: bool = False) -> SyncSummary:
-    from sqlalchemy.orm import Session
-
     from labeling.sync import sync_annotations
 
-    log = _logger()
-    with label_studio_client(rt.settings) as client, Session(rt.engine) as session:
-        handle = _project(client, session, rt.settings, project_title)
+    log = get_logger()
+    with label_studio_client(rt.settings) as client, rt.session() as session:
+        handle = review_project(client, session, rt.settings, project_title)
         rep = sync_annotations(client, session, rt.blobs, handle, full=full)
         session.commit()
     for ann_id, msg in rep.malformed[:20]:
@@ -246,7 +173,7 @@ def push_flow(
 
     mv = model_version or model_version_of(profile)
     summary = push_task(settings_overrides, mv, project_title, batch_size)
-    _logger().info(
+    get_logger().info(
         "push: %d new task(s), %d reconciled, %d updated, %d failed -> %s/projects/%d",
         summary.pushed,
         summary.reconciled,
@@ -265,7 +192,7 @@ def sync_flow(
 ) -> SyncSummary:
     """Bring annotations back from the Label Studio project (since its watermark; everything with ``full``)."""
     summary = sync_task(settings_overrides, project_title, full)
-    _logger().info(
+    get_logger().info(
         "sync: %d task(s) read, %d annotation(s) stored, %d retracted, %d malformed",
         summary.tasks_seen,
         summary.upserted,

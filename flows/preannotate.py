@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.ingest import _logger
+from flows.logs import get_logger as _logger
 from flows.prefect_server import publish_report, stage_progress
 from flows.runtime import Runtime, open_runtime, settings_from
 from geoseg.registry import load_pipeline, model_version_of

@@ -6,6 +6,7 @@ One :class:`Runtime` per (database URL, blob URL) per process, built on first us
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,28 @@ def forget_runtimes() -> None:
 
 
 def settings_from(overrides: dict[str, Any] | None) -> Any:
-    """``Settings.load(**overrides)``; flows accept overrides as a plain dict so deployments can carry them."""
+    """``Settings.load(**overrides)`` pointed at the data dir's local Label Studio (:func:`with_local_label_studio`);
+    flows accept overrides as a plain dict so deployments can carry them."""
     from storage.settings import Settings
 
-    return Settings.load(**(overrides or {}))
+    return with_local_label_studio(Settings.load(**(overrides or {})), overrides)
+
+
+def with_local_label_studio(settings: Any, overrides: dict[str, Any] | None = None) -> Any:
+    """``settings`` with the URL of the Label Studio this data dir started (``<data_dir>/labelstudio/server.json``),
+    unless a URL was set explicitly (override, ``GEOLABEL_LABEL_STUDIO_URL``, or a non-default value in the config
+    file). Its token is found the same way when needed (``labeling.server.token_for``)."""
+    import dataclasses
+
+    from labeling.server import recorded_url
+
+    default = next(f.default for f in dataclasses.fields(settings) if f.name == "label_studio_url")
+    if (
+        (overrides or {}).get("label_studio_url")
+        or os.environ.get("GEOLABEL_LABEL_STUDIO_URL")
+        or settings.label_studio_url != default
+    ):
+        return settings
+    url = recorded_url(settings.data_dir)
+    return settings.with_(label_studio_url=url) if url else settings
+

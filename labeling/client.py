@@ -81,8 +81,8 @@ class LabelStudioClient:
         secret = token.get_secret_value() if isinstance(token, SecretStr) else token
         if not secret:
             raise LabelStudioAuthError(
-                f"no Label Studio API token: set the environment variable {token_env} "
-                "(`geolabel labelstudio status` says where the local server keeps it)"
+                f"no Label Studio API token for {url}: start the local one with `geolabel labelstudio start` (the "
+                f"commands then find it and its token by themselves) or set the environment variable {token_env}"
             )
         self.retries = max(1, int(retries))
         self.backoff = float(backoff)
@@ -97,9 +97,13 @@ class LabelStudioClient:
 
     @classmethod
     def from_settings(cls, settings, **kw: Any) -> LabelStudioClient:  # noqa: ANN001 - storage.settings.Settings
+        """A client for ``settings.label_studio_url`` with its token (``labeling.server.token_for``: the environment
+        variable, else the local server's credentials file for that URL)."""
+        from labeling.server import token_for
+
         return cls(
             settings.label_studio_url,
-            settings.label_studio_token(),
+            token_for(settings),
             token_env=settings.label_studio_token_env,
             **kw,
         )
@@ -345,3 +349,20 @@ class LabelStudioClient:
 
     def update_webhook(self, webhook_id: int, **fields: Any) -> dict[str, Any]:
         return self.request("PATCH", f"/api/webhooks/{int(webhook_id)}", json_body=fields)
+
+
+def connect_ml_backend(
+    client: LabelStudioClient, ls_project_id: int, url: str, title: str = "GeoSeg"
+) -> dict[str, Any]:
+    """Register (or find) an ML backend at ``url`` on a project, interactive pre-annotations on; returns LS's row."""
+    rows = client.request("GET", "/api/ml", params={"project": int(ls_project_id)}) or []
+    for row in rows:
+        if str(row.get("url", "")).rstrip("/") == url.rstrip("/"):
+            if not row.get("is_interactive"):
+                row = client.request("PATCH", f"/api/ml/{row['id']}", json_body={"is_interactive": True})
+            return row
+    return client.request(
+        "POST",
+        "/api/ml",
+        json_body={"project": int(ls_project_id), "url": url, "title": title, "is_interactive": True},
+    )

@@ -58,7 +58,10 @@ class ServerStatus:
             return [f"Label Studio: not running ({self.detail or 'no server started'})"]
         out = [f"Label Studio {self.version or '?'} running at {self.url} (pid {self.pid})"]
         if self.token_ok is True:
-            out.append(f"API token works; export it as {self.token_env} (stored in {self.credentials_file})")
+            out.append(
+                f"API token works (stored in {self.credentials_file}: geolabel commands on this data dir read it "
+                f"there; other tools can take it from the environment variable {self.token_env})"
+            )
         elif self.token_ok is False:
             out.append(f"API token REJECTED by the server (token file {self.credentials_file})")
         return out
@@ -70,11 +73,78 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (host, port) or holds it (a bind there fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def server_root(data_dir: str | Path) -> Path:
+    """Where the local server of a data dir keeps its files: ``<data_dir>/labelstudio``."""
+    return Path(data_dir).expanduser().resolve() / "labelstudio"
+
+
+def recorded_url(data_dir: str | Path) -> str | None:
+    """The URL in ``<data_dir>/labelstudio/server.json`` (the local server last started for this data dir)."""
+    try:
+        url = json.loads((server_root(data_dir) / "server.json").read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(url).rstrip("/") if url else None
+
+
+def token_for(settings) -> SecretStr | None:  # noqa: ANN001 - storage.settings.Settings
+    """The API token for ``settings.label_studio_url``: the environment variable the settings name, else (when that
+    URL is the data dir's local server) the token in ``<data_dir>/labelstudio/credentials.json``. Never printed."""
+    token = settings.label_studio_token()
+    if token:
+        return token
+    if recorded_url(settings.data_dir) != settings.label_studio_url.rstrip("/"):
+        return None
+    try:
+        value = json.loads((server_root(settings.data_dir) / "credentials.json").read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return SecretStr(value) if isinstance(value, str) and value else None
+
+
+def probe_label_studio(settings) -> dict:  # noqa: ANN001 - storage.settings.Settings
+    """Whether the Label Studio the commands use (``settings.label_studio_url``) answers, its version, and whether
+    the token they would send (:func:`token_for`) works. Keys: url, reachable, version, token_ok, token_env, detail.
+    Never includes the token."""
+    url = settings.label_studio_url.rstrip("/")
+    out: dict = {"url": url, "reachable": False, "version": None, "token_ok": None,
+                 "token_env": settings.label_studio_token_env}
+    try:
+        out["reachable"] = httpx.get(f"{url}/health", timeout=3.0).status_code == 200
+    except httpx.HTTPError as exc:
+        out["detail"] = f"{type(exc).__name__}: {exc}"
+        return out
+    token = token_for(settings)
+    if token is None:
+        out["detail"] = f"no token: set {settings.label_studio_token_env} (or start the server from this data dir)"
+        return out
+    headers = {"Authorization": f"Token {token.get_secret_value()}"}
+    try:
+        v = httpx.get(f"{url}/api/version", timeout=5.0, headers=headers)
+        if v.status_code == 200:
+            info = v.json()
+            out["version"] = info.get("release") or (info.get("label-studio-os-package") or {}).get("version")
+        out["token_ok"] = httpx.get(f"{url}/api/current-user/whoami", timeout=5.0, headers=headers).status_code == 200
+    except (httpx.HTTPError, ValueError) as exc:
+        out["detail"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 def default_venv() -> Path:
     return Path(os.environ.get("GEOLABEL_LABEL_STUDIO_VENV", REPO_ROOT / ".venv-ls"))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -244,6 +314,10 @@ class LabelStudioServer:
         creds = self.credentials()
         self.ls_data_dir.mkdir(parents=True, exist_ok=True)
         port = self.port or free_port(self.host)
+        if port_in_use(self.host, port):  # Label Studio would silently take the next port: refuse at once instead
+            raise LabelStudioServerError(
+                f"port {port} on {self.host} is already in use; stop what listens there or pass another --port"
+            )
         url = f"http://{self.host}:{port}"
         cmd = [
             str(exe),
@@ -311,7 +385,7 @@ class LabelStudioServer:
             detail = f"no server started from {self.root}"
             return ServerStatus(False, None, None, None, None, detail=detail, **base)
         pid, url = int(state["pid"]), str(state["url"])
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return ServerStatus(False, url, pid, None, None, detail=f"process {pid} is not running", **base)
         if not self._healthy(url):
             return ServerStatus(False, url, pid, None, None, detail=f"process {pid} alive, {url} not healthy", **base)
@@ -335,7 +409,7 @@ class LabelStudioServer:
         if not state:
             return False
         pid = int(state["pid"])
-        was_running = _pid_alive(pid)
+        was_running = pid_alive(pid)
         if was_running:
             for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
                 try:
@@ -343,9 +417,9 @@ class LabelStudioServer:
                 except ProcessLookupError:
                     break
                 deadline = time.monotonic() + wait
-                while time.monotonic() < deadline and _pid_alive(pid):
+                while time.monotonic() < deadline and pid_alive(pid):
                     time.sleep(0.2)
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     break
         self.state_file.unlink(missing_ok=True)
         return was_running

@@ -2,7 +2,7 @@
 # README command 2: install everything, then run the whole test suite (real services started by the fixtures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 source scripts/env.sh
 set +e
 .venv/bin/python -m pytest "$@"

@@ -168,3 +168,15 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def table_rows(url: str | sa.URL) -> dict[str, int]:
+    """Rows per table of the database at ``url`` (``alembic_version`` left out): what a downgrade may drop."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = [t for t in sa.inspect(conn).get_table_names() if t != "alembic_version"]
+            return {t: int(conn.execute(sa.select(sa.func.count()).select_from(sa.table(t))).scalar_one())
+                    for t in sorted(names)}
+    finally:
+        engine.dispose()

@@ -152,6 +152,123 @@ def _write_list(out: IO[str], name: str, first_key: bool = False) -> None:
     out.write(("" if first_key else ",\n") + json.dumps(name) + ": [")
 
 
+def _snapshot_splits(session: Session, f: DatasetFilter) -> dict[int, str] | None:
+    """Triplet id -> split for a snapshot export (only non-default splits kept in memory); None without one."""
+    if not f.snapshot:
+        return None
+    snap = find_snapshot(session, f.snapshot)
+    split_q = sa.select(SnapshotMember.triplet_id, SnapshotMember.split).where(SnapshotMember.snapshot_id == snap.id)
+    return {tid: split for tid, split in session.execute(split_q.execution_options(yield_per=YIELD_PER))
+            if split != "test"}
+
+
+def _export_queries(t_ids: Any, nt_ids: Any) -> tuple[Any, Any]:
+    """The image and annotation queries of an export (selected triplets, plus the images of no-target verdicts)."""
+    image_ids = sa.select(Triplet.image_id).where(Triplet.id.in_(sa.select(t_ids.c.id)))
+    if nt_ids is not None:
+        image_ids = image_ids.union(
+            sa.select(Item.image_id).join(Annotation, Annotation.item_id == Item.id)
+            .where(Annotation.id.in_(sa.select(nt_ids.c.id))))
+    image_q = (
+        sa.select(Image.id, Image.sha256, Image.uri, Image.width, Image.height, Image.format)
+        .where(Image.id.in_(image_ids)).order_by(Image.id)
+    )
+    ann_q = (
+        sa.select(Triplet.id, Triplet.image_id, Triplet.query, Triplet.mask_sha256, Triplet.domain, Triplet.level,
+                  Triplet.annotation_id, Annotation.verdict, Image.width, Image.height, Prediction.phrase,
+                  Prediction.model_version, Triplet.agreement, Triplet.n_annotators, Triplet.adjudicated)
+        .join(Annotation, Triplet.annotation_id == Annotation.id)
+        .join(Image, Triplet.image_id == Image.id)
+        .outerjoin(LabelTask, Annotation.label_task_id == LabelTask.id)
+        .outerjoin(Prediction, LabelTask.prediction_id == Prediction.id)
+        .where(Triplet.id.in_(sa.select(t_ids.c.id))).order_by(Triplet.id)
+    )
+    return image_q, ann_q
+
+
+@dataclass
+class _Counts:
+    images: int = 0
+    annotations: int = 0
+    no_target: int = 0
+    copied: int = 0
+    linked: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _write_images(fh: IO[str], session: Session, image_q: Any, out: Path, images: ImageMode, blobs: BlobStore,
+                  s3_client: Any, progress: Callable[[str, int], None] | None, n: _Counts) -> None:
+    _write_list(fh, "images")
+    for row in session.execute(image_q.execution_options(yield_per=YIELD_PER)):
+        name = image_file_name(row.sha256, row.uri, row.format)
+        entry = {"id": row.id, "file_name": name, "width": row.width, "height": row.height,
+                 "source_uri": row.uri, "sha256": row.sha256}
+        fh.write(("\n" if n.images == 0 else ",\n") + json.dumps(entry))
+        n.images += 1
+        if images != "none":
+            how = place_image(row, out / "images" / name, images, blobs, s3_client)
+            n.copied += how == "copied"
+            n.linked += how == "linked"
+        if progress and n.images % 1000 == 0:
+            progress("images", n.images)
+    fh.write("]")
+
+
+def _write_annotations(fh: IO[str], rh: IO[str], session: Session, ann_q: Any, cache: _MaskCache,
+                       on_error: str, split_of: dict[int, str] | None,
+                       progress: Callable[[str, int], None] | None, n: _Counts) -> None:
+    """The annotations list into ``fh`` and their refs into ``rh`` (appended after the annotations later)."""
+    _write_list(fh, "annotations")
+    for row in session.execute(ann_q.execution_options(yield_per=YIELD_PER)):
+        try:
+            seg, area, bbox = cache.get(row.mask_sha256, row.height, row.width)
+        except (BlobError, MaskCodecError) as exc:
+            if on_error == "raise":
+                raise ExportError(f"triplet {row.id}: mask {row.mask_sha256[:12]}…: {exc}") from exc
+            n.skipped.append({"triplet_id": row.id, "reason": str(exc)})
+            continue
+        ann = {
+            "id": row.id, "image_id": row.image_id, "category_id": CATEGORY["id"], "segmentation": seg,
+            "area": area, "bbox": bbox, "iscrowd": 0, "query": row.query, "level": row.level,
+            "domain": row.domain, "phrase": row.phrase, "verdict": str(row.verdict),
+            "model_version": row.model_version, "mask_sha256": row.mask_sha256, "triplet_id": row.id,
+            "annotation_id": row.annotation_id, "agreement": row.agreement,
+            "n_annotators": row.n_annotators, "adjudicated": row.adjudicated,
+        }
+        fh.write(("\n" if n.annotations == 0 else ",\n") + json.dumps(ann))
+        ref = {
+            "ref_id": row.id, "ann_id": row.id, "image_id": row.image_id, "category_id": CATEGORY["id"],
+            "split": (split_of.get(row.id, "test") if split_of is not None else "train"),
+            "sent_ids": [row.id],
+            "sentences": [{"sent_id": row.id, "sent": row.query, "raw": row.query,
+                           "tokens": row.query.split()}],
+        }
+        rh.write(("\n" if n.annotations == 0 else ",\n") + json.dumps(ref))
+        n.annotations += 1
+        if progress and n.annotations % 1000 == 0:
+            progress("annotations", n.annotations)
+    fh.write("]")
+
+
+def _write_no_target(fh: IO[str], session: Session, nt_ids: Any, n: _Counts) -> None:
+    _write_list(fh, "no_target")
+    if nt_ids is not None:
+        nt_q = (
+            sa.select(Annotation.id, Item.image_id, Item.query, Item.level, Item.domain,
+                      Prediction.model_version)
+            .join(Item, Annotation.item_id == Item.id)
+            .outerjoin(LabelTask, Annotation.label_task_id == LabelTask.id)
+            .outerjoin(Prediction, LabelTask.prediction_id == Prediction.id)
+            .where(Annotation.id.in_(sa.select(nt_ids.c.id))).order_by(Annotation.id)
+        )
+        for row in session.execute(nt_q.execution_options(yield_per=YIELD_PER)):
+            e = {"image_id": row.image_id, "query": row.query, "level": row.level, "domain": row.domain,
+                 "verdict": "no_target", "model_version": row.model_version, "annotation_id": row.id}
+            fh.write(("\n" if n.no_target == 0 else ",\n") + json.dumps(e))
+            n.no_target += 1
+    fh.write("]")
+
+
 def export_coco(
     session: Session,
     blobs: BlobStore,
@@ -185,39 +302,9 @@ def export_coco(
     t_ids = triplet_ids(session, f).subquery()
     nt_sel = no_target_annotation_ids(session, f)
     nt_ids = nt_sel.subquery() if nt_sel is not None else None
-    split_of: dict[int, str] | None = None
-    if f.snapshot:
-        snap = find_snapshot(session, f.snapshot)
-        split_q = sa.select(SnapshotMember.triplet_id, SnapshotMember.split).where(
-            SnapshotMember.snapshot_id == snap.id)
-        split_of = {}
-        for tid, split in session.execute(split_q.execution_options(yield_per=YIELD_PER)):
-            if split != "test":
-                split_of[tid] = split  # only non-default splits kept in memory
-
-    image_ids = sa.select(Triplet.image_id).where(Triplet.id.in_(sa.select(t_ids.c.id)))
-    if nt_ids is not None:
-        image_ids = image_ids.union(
-            sa.select(Item.image_id).join(Annotation, Annotation.item_id == Item.id)
-            .where(Annotation.id.in_(sa.select(nt_ids.c.id))))
-    image_q = (
-        sa.select(Image.id, Image.sha256, Image.uri, Image.width, Image.height, Image.format)
-        .where(Image.id.in_(image_ids)).order_by(Image.id)
-    )
-    ann_q = (
-        sa.select(Triplet.id, Triplet.image_id, Triplet.query, Triplet.mask_sha256, Triplet.domain, Triplet.level,
-                  Triplet.annotation_id, Annotation.verdict, Image.width, Image.height, Prediction.phrase,
-                  Prediction.model_version, Triplet.agreement, Triplet.n_annotators, Triplet.adjudicated)
-        .join(Annotation, Triplet.annotation_id == Annotation.id)
-        .join(Image, Triplet.image_id == Image.id)
-        .outerjoin(LabelTask, Annotation.label_task_id == LabelTask.id)
-        .outerjoin(Prediction, LabelTask.prediction_id == Prediction.id)
-        .where(Triplet.id.in_(sa.select(t_ids.c.id))).order_by(Triplet.id)
-    )
-
-    n_img = n_ann = n_nt = copied = linked = 0
-    skipped: list[dict[str, Any]] = []
-    cache = _MaskCache(blobs)
+    split_of = _snapshot_splits(session, f)
+    image_q, ann_q = _export_queries(t_ids, nt_ids)
+    n = _Counts()
     try:
         with tmp.open("w", encoding="utf-8") as fh, refs_tmp.open("w", encoding="utf-8") as rh:
             info = {
@@ -227,80 +314,21 @@ def export_coco(
             }
             fh.write('{"info": ' + json.dumps(info) + ',\n"licenses": [],\n"categories": [' + json.dumps(CATEGORY)
                      + "]")
-            _write_list(fh, "images")
-            for row in session.execute(image_q.execution_options(yield_per=YIELD_PER)):
-                name = image_file_name(row.sha256, row.uri, row.format)
-                entry = {"id": row.id, "file_name": name, "width": row.width, "height": row.height,
-                         "source_uri": row.uri, "sha256": row.sha256}
-                fh.write(("\n" if n_img == 0 else ",\n") + json.dumps(entry))
-                n_img += 1
-                if images != "none":
-                    how = place_image(row, out / "images" / name, images, blobs, s3_client)
-                    copied += how == "copied"
-                    linked += how == "linked"
-                if progress and n_img % 1000 == 0:
-                    progress("images", n_img)
-            fh.write("]")
-
-            _write_list(fh, "annotations")
-            for row in session.execute(ann_q.execution_options(yield_per=YIELD_PER)):
-                try:
-                    seg, area, bbox = cache.get(row.mask_sha256, row.height, row.width)
-                except (BlobError, MaskCodecError) as exc:
-                    if on_error == "raise":
-                        raise ExportError(f"triplet {row.id}: mask {row.mask_sha256[:12]}…: {exc}") from exc
-                    skipped.append({"triplet_id": row.id, "reason": str(exc)})
-                    continue
-                ann = {
-                    "id": row.id, "image_id": row.image_id, "category_id": CATEGORY["id"], "segmentation": seg,
-                    "area": area, "bbox": bbox, "iscrowd": 0, "query": row.query, "level": row.level,
-                    "domain": row.domain, "phrase": row.phrase, "verdict": str(row.verdict),
-                    "model_version": row.model_version, "mask_sha256": row.mask_sha256, "triplet_id": row.id,
-                    "annotation_id": row.annotation_id, "agreement": row.agreement,
-                    "n_annotators": row.n_annotators, "adjudicated": row.adjudicated,
-                }
-                fh.write(("\n" if n_ann == 0 else ",\n") + json.dumps(ann))
-                ref = {
-                    "ref_id": row.id, "ann_id": row.id, "image_id": row.image_id, "category_id": CATEGORY["id"],
-                    "split": (split_of.get(row.id, "test") if split_of is not None else "train"),
-                    "sent_ids": [row.id],
-                    "sentences": [{"sent_id": row.id, "sent": row.query, "raw": row.query,
-                                   "tokens": row.query.split()}],
-                }
-                rh.write(("\n" if n_ann == 0 else ",\n") + json.dumps(ref))
-                n_ann += 1
-                if progress and n_ann % 1000 == 0:
-                    progress("annotations", n_ann)
-            fh.write("]")
-
+            _write_images(fh, session, image_q, out, images, blobs, s3_client, progress, n)
+            _write_annotations(fh, rh, session, ann_q, _MaskCache(blobs), on_error, split_of, progress, n)
         with tmp.open("a", encoding="utf-8") as fh, refs_tmp.open("r", encoding="utf-8") as rh:
             _write_list(fh, "refs")
             shutil.copyfileobj(rh, fh, 1 << 20)
             fh.write("]")
-            _write_list(fh, "no_target")
-            if nt_ids is not None:
-                nt_q = (
-                    sa.select(Annotation.id, Item.image_id, Item.query, Item.level, Item.domain,
-                              Prediction.model_version)
-                    .join(Item, Annotation.item_id == Item.id)
-                    .outerjoin(LabelTask, Annotation.label_task_id == LabelTask.id)
-                    .outerjoin(Prediction, LabelTask.prediction_id == Prediction.id)
-                    .where(Annotation.id.in_(sa.select(nt_ids.c.id))).order_by(Annotation.id)
-                )
-                for row in session.execute(nt_q.execution_options(yield_per=YIELD_PER)):
-                    e = {"image_id": row.image_id, "query": row.query, "level": row.level, "domain": row.domain,
-                         "verdict": "no_target", "model_version": row.model_version, "annotation_id": row.id}
-                    fh.write(("\n" if n_nt == 0 else ",\n") + json.dumps(e))
-                    n_nt += 1
-            fh.write("]")
-            if skipped:
-                fh.write(',\n"skipped": ' + json.dumps(skipped))
+            _write_no_target(fh, session, nt_ids, n)
+            if n.skipped:
+                fh.write(',\n"skipped": ' + json.dumps(n.skipped))
             fh.write("}\n")
         os.replace(tmp, final)
     finally:
         for p in (tmp, refs_tmp):
             p.unlink(missing_ok=True)
     return CocoExportResult(
-        path=final, n_images=n_img, n_annotations=n_ann, n_no_target=n_nt, filters=f,
-        seconds=time.perf_counter() - t0, images_copied=copied, images_linked=linked, skipped=tuple(skipped),
+        path=final, n_images=n.images, n_annotations=n.annotations, n_no_target=n.no_target, filters=f,
+        seconds=time.perf_counter() - t0, images_copied=n.copied, images_linked=n.linked, skipped=tuple(n.skipped),
     )

@@ -182,3 +182,9 @@ def image_refs(session: Session, image_ids: Iterable[int] | None = None) -> list
     for chunk in chunked(sorted(set(image_ids))):
         out += [tuple(r) for r in session.execute(sa.select(*cols).where(Image.id.in_(chunk)).order_by(Image.id))]
     return out
+
+
+def item_image_queries(session: Session) -> list[tuple[int, str, str]]:
+    """(item id, query, image uri) of every item."""
+    q = sa.select(Item.id, Item.query, Image.uri).join(Image, Item.image_id == Image.id)
+    return [(int(i), str(qq), str(u)) for i, qq, u in session.execute(q)]

@@ -111,3 +111,41 @@ def label_tasks(session: Session, label_project_id: int) -> list[LabelTask]:
             sa.select(LabelTask).where(LabelTask.label_project_id == label_project_id).order_by(LabelTask.id)
         )
     )
+
+
+def projects_with_tasks(session: Session, label_studio_url: str) -> list[str]:
+    """Titles of this Label Studio's projects that hold pushed tasks, most recently pushed first."""
+    q = (
+        sa.select(LabelProject.title, sa.func.max(LabelTask.pushed_at).label("last"))
+        .join(LabelTask, LabelTask.label_project_id == LabelProject.id)
+        .where(LabelProject.label_studio_url == label_studio_url.rstrip("/"), LabelProject.title.is_not(None))
+        .group_by(LabelProject.id, LabelProject.title)
+        .order_by(sa.desc("last"))
+    )
+    return [str(t) for t, _ in session.execute(q)]
+
+
+def task_image_sizes(session: Session, ls_project_id: int) -> dict[int, tuple[int, int, int]]:
+    """Label Studio task id -> (image height, image width, item id) for one project's recorded tasks."""
+    from storage.models import Image
+
+    q = (
+        sa.select(LabelTask.ls_task_id, Image.height, Image.width, LabelTask.item_id)
+        .join(Item, LabelTask.item_id == Item.id)
+        .join(Image, Item.image_id == Image.id)
+        .join(LabelProject, LabelTask.label_project_id == LabelProject.id)
+        .where(LabelProject.ls_project_id == ls_project_id)
+    )
+    return {int(t): (int(h), int(w), int(i)) for t, h, w, i in session.execute(q)}
+
+
+def label_projects(session: Session) -> list[tuple[str, int, str | None, int]]:
+    """(Label Studio URL, project id, title, tasks recorded) of every known project, oldest first."""
+    q = (
+        sa.select(LabelProject.label_studio_url, LabelProject.ls_project_id, LabelProject.title,
+                  sa.func.count(LabelTask.id))
+        .outerjoin(LabelTask, LabelTask.label_project_id == LabelProject.id)
+        .group_by(LabelProject.id)
+        .order_by(LabelProject.id)
+    )
+    return [(str(u), int(p), t, int(n)) for u, p, t, n in session.execute(q)]

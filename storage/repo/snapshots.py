@@ -104,3 +104,14 @@ def snapshot_manifest(snapshot: Snapshot) -> dict[str, Any]:
             for m in snapshot.members
         ],
     }
+
+
+def list_snapshots(session: Session) -> list[tuple[str, str, Any, int]]:
+    """(name, version, created_at, members) of every snapshot, by name then age."""
+    q = (
+        sa.select(Snapshot.name, Snapshot.version, Snapshot.created_at, sa.func.count(SnapshotMember.id))
+        .join(SnapshotMember, SnapshotMember.snapshot_id == Snapshot.id)
+        .group_by(Snapshot.id)
+        .order_by(Snapshot.name, Snapshot.id)
+    )
+    return [tuple(r) for r in session.execute(q)]

@@ -44,7 +44,7 @@ def geolabel_env(tmp_path, monkeypatch, tiny_models_root, tiny_clip_dir, tiny_sa
 
 
 def _run(capsys, *argv: str) -> dict | list | str:
-    main(list(argv))
+    main([*argv, "--json"])
     out = capsys.readouterr().out
     try:
         return json.loads(out)
@@ -60,11 +60,19 @@ def test_snapshot_export_evaluate_through_the_cli(prefect_harness, geolabel_env,
     info2 = _run(capsys, "snapshot", "create", "clibench", "--stratify", "--total", "4", "--seed", "2",
                  "--allow-shortfall")
     assert info2["version"] == 2 and info2["triplets"] <= 4
-    assert "clibench@1" in _run(capsys, "snapshot", "list")
-    assert "intact" in _run(capsys, "snapshot", "verify", info["path"])
+    assert "clibench@1" in [r["ref"] for r in _run(capsys, "snapshot", "list")]
+    assert _run(capsys, "snapshot", "verify", info["path"])["intact"] is True
+    assert _run(capsys, "snapshot", "verify", "clibench@1")["path"] == info["path"]  # NAME@VERSION, as the README says
+    main(["snapshot", "verify", "clibench"])  # the newest version, human output
+    assert "intact" in capsys.readouterr().out
 
     coco = _run(capsys, "export", "coco", str(tmp / "coco"), "--snapshot", "clibench@1", "--images", "link")
     assert coco["annotations"] == n and coco["images_linked"] == coco["images"]
+    assert coco["path"] == str((tmp / "coco" / "instances.json").resolve())
+    # an earlier export is replaced as a whole (no stale images/ left beside the new JSON)
+    again = _run(capsys, "export", "coco", str(tmp / "coco"), "--snapshot", "clibench@1")
+    assert again["annotations"] == n and not (tmp / "coco" / "images").exists()
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".coco")) == []  # no staging left behind
     full = _run(capsys, "export", "coco", str(tmp / "coco-all"), "--domain", "Urban", "--since", "2026-01-01")
     assert 0 < full["annotations"] < n
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers.cli import geolabel_argv
+
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.labelstudio]
@@ -45,8 +47,6 @@ def _ls_tasks(client, project_id: int) -> list[dict]:
 
 
 def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_root, monkeypatch, capsys):
-    import shlex
-
     from flows.cli import main
     from flows.demo import SIMULATED_ANNOTATOR, print_summary, run_demo
     from flows.runtime import open_runtime, settings_from
@@ -67,7 +67,7 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
     assert "tiny randomly initialised models" in text and SIMULATED_ANNOTATOR in text
     assert res.project_url in text and "LABEL_STUDIO_USER_TOKEN" in text and ls_env.token not in text
     # the printout tells a person what to do next: the intake project, the env, the exact cycle command
-    assert res.intake_url in text and "source scripts/env.sh" in text and res.commands["cycle"] in text
+    assert res.intake_url in text and "source scripts/env.sh" not in text and res.commands["cycle"] in text
     assert res.commands["ml_backend"] in text and "ml-backend" in text
 
     cyc = res.reports["cycle"]
@@ -115,15 +115,19 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
     # GeoSeg pre-label (tiny models: the mask is meaningless; only its presence and model_version are checked)
     my_query = "the sunlit gap in the canopy"
     ls_env.client.create_annotation(intake_tasks[1]["id"], intake_result([my_query], "L2"), lead_time=12.0)
-    argv = shlex.split(res.commands["cycle"])
+    argv = geolabel_argv(res.commands["cycle"])
     assert argv[0].endswith("geolabel") and argv[1:3] == ["cycle", "--intake"]
     capsys.readouterr()
-    main(argv[1:])
+    main([*argv[1:], "--json"])
     out = capsys.readouterr().out
     rep = json.loads(out[out.index("{") :])
     assert (rep["intake"]["ls_project_id"], rep["intake"]["items_new"]) == (intake["ls_project_id"], 1)
     assert (rep["preannotate"]["predicted"], rep["push"]["pushed"]) == (1, 1)
     assert rep["push"]["ls_project_id"] == cyc["push"]["ls_project_id"]  # the demo's review project
+    # `sync` without --project reads the project holding this data dir's tasks (no empty default project)
+    main(["sync", "--data-dir", str(data_dir), "--json"])
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{") :])["ls_project_id"] == cyc["push"]["ls_project_id"]
     mine = [t for t in _ls_tasks(ls_env.client, cyc["push"]["ls_project_id"]) if t["data"]["query"] == my_query]
     assert len(mine) == 1 and mine[0]["annotations"] == []
     assert [p["model_version"] for p in mine[0]["predictions"]] == [cyc["preannotate"]["model_version"]]
@@ -145,7 +149,7 @@ def test_demo_end_to_end_with_tiny_models(prefect_harness, ls_env, tiny_models_r
 _RUNNER = """
 import json, sys
 sys.path.insert(0, {root!r})
-from benchmarks.bench_loop import register_instant
+from tests.fixtures.instant import register_instant
 from flows.cycle import label_cycle_flow
 register_instant("instant-kill", delay_s={delay})
 rep = label_cycle_flow({src!r}, {queries!r}, profile="instant-kill", settings_overrides={overrides!r},

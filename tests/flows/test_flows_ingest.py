@@ -141,9 +141,9 @@ def test_production_config_postgres_and_s3(
 ):
     """PostgreSQL database, imagery and queries under an s3:// prefix, masks and image copies in an S3 blob store
     (moto_server): ingest and preannotate (instant models) end to end, then a re-run adds nothing."""
-    from benchmarks.bench_loop import register_instant
     from flows.preannotate import preannotate_flow
     from flows.status import collect_status
+    from tests.fixtures.instant import register_instant
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

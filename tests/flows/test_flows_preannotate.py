@@ -1,6 +1,6 @@
 """preannotate_flow: only missing predictions, per-item errors recorded, transient faults retried, model-stage limit.
 
-Most tests use the orchestration-only "instant" models from benchmarks/bench_loop.py (geometric placeholder masks);
+Most tests use the orchestration-only "instant" models from tests/fixtures/instant.py (geometric placeholder masks);
 one runs the real tiny random GeoSeg models (meaningless masks: only mechanics are checked).
 """
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from benchmarks.bench_loop import InstantGrounder, instant_pipeline
 from flows.ingest import ingest_flow
 from flows.preannotate import ImageWork, WorkItem, plan_batches, preannotate_flow
 from flows.runtime import open_runtime, settings_from
 from geoseg.registry import register_pipeline
+from tests.fixtures.instant import InstantGrounder, instant_pipeline
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 pytestmark = pytest.mark.slow
@@ -92,8 +92,8 @@ class _FlakyGrounder(InstantGrounder):
 
 
 def test_per_item_error_is_recorded_and_retried_later(prefect_harness, tmp_path):
-    from benchmarks.bench_loop import InstantMatcher, InstantSegmenter, instant_config
     from geoseg.pipeline import GeoSegPipeline
+    from tests.fixtures.instant import InstantMatcher, InstantSegmenter, instant_config
 
     grounder = _FlakyGrounder()
     register_pipeline(
@@ -141,8 +141,8 @@ def test_transient_blob_fault_is_retried(prefect_harness, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_model_stage_concurrency_limit(prefect_harness, tmp_path, concurrency):
-    from benchmarks.bench_loop import InstantMatcher, InstantSegmenter, instant_config
     from geoseg.pipeline import GeoSegPipeline
+    from tests.fixtures.instant import InstantMatcher, InstantSegmenter, instant_config
 
     state = {"now": 0, "max": 0}
     lock = threading.Lock()
@@ -189,9 +189,9 @@ def test_global_concurrency_limit_bounds_the_model_stage(prefect_harness, tmp_pa
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    from benchmarks.bench_loop import InstantMatcher, InstantSegmenter, instant_config
     from flows.preannotate import MODEL_CONCURRENCY_LIMIT
     from geoseg.pipeline import GeoSegPipeline
+    from tests.fixtures.instant import InstantMatcher, InstantSegmenter, instant_config
 
     state = {"now": 0, "max": 0}
     lock = threading.Lock()

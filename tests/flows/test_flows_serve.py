@@ -45,7 +45,7 @@ def test_label_cycle_deployment_runs_on_a_real_prefect_server(prefect_server, la
     overrides = {"data_dir": str(ls.imagery_root.parent / f"serve-{uuid.uuid4().hex[:6]}"), "label_studio_url": ls.url}
     script = (
         "from flows.serve import ServeConfig, serve_deployments\n"
-        f"serve_deployments(ServeConfig(every_minutes=600, profile='py:benchmarks.bench_loop:instant_pipeline', "
+        f"serve_deployments(ServeConfig(every_minutes=600, profile='py:tests.fixtures.instant:instant_pipeline', "
         f"source={str(AERIAL)!r}, queries={str(AERIAL / 'queries.csv')!r}, settings_overrides={overrides!r}, "
         f"project_title={'serve ' + uuid.uuid4().hex[:6]!r}))\n"
     )

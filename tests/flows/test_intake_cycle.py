@@ -94,7 +94,7 @@ def test_query_written_in_label_studio_reaches_review_and_triplet(
     monkeypatch.setenv("GEOLABEL_LABEL_STUDIO_URL", ls.url)
     monkeypatch.setenv("GEOLABEL_IMAGERY_ROOTS", str(ls.imagery_root))
     capsys.readouterr()
-    main(["intake", "pull", "--project-title", intake_title, "--data-dir", str(data_dir), "--json"])
+    main(["intake", "pull", "--intake-title", intake_title, "--data-dir", str(data_dir), "--json"])
     out = capsys.readouterr().out
     report = json.loads(out[out.index("{"):])
     assert (report["queries"], report["items_new"], report["tasks_created"]) == (1, 0, 0)

@@ -17,7 +17,7 @@ sync            before the at-th task's annotations are applied             part
 export          before the at-th mask is encoded into the COCO file         a partial export file
 =============== =========================================================== ======================================
 
-The model stage is the instant orchestration-only double from benchmarks/bench_loop.py (no model weights, fixed
+The model stage is the instant orchestration-only double from tests/fixtures/instant.py (no model weights, fixed
 masks), so a trial costs seconds; everything else is the real code and the real services.
 """
 
@@ -72,7 +72,7 @@ def arm(point: str, at: int) -> None:
 
 
 def main(cfg: dict) -> None:
-    from benchmarks.bench_loop import register_instant
+    from tests.fixtures.instant import register_instant
 
     if cfg.get("kill"):
         arm(cfg["kill"]["point"], int(cfg["kill"]["at"]))

@@ -374,7 +374,8 @@ def test_annotations_with_wrong_size_unknown_label_or_garbage_rle_are_reported_a
     from labeling.brush import mask_to_rle
     from labeling.push import brush_result
     from labeling.sync import sync_annotations
-    from tests.labeling.test_labeling_labelstudio import _pushed, _verdict
+    from tests.helpers.labelstudio import pushed as _pushed
+    from tests.helpers.labelstudio import verdict as _verdict
 
     p = ls_project
     c = p.ls.client

@@ -14,7 +14,7 @@ Then: every item exactly once in the database and in Label Studio (and the two a
 the kills stored once and every accepted/corrected one a live triplet, every blob a row references present and
 intact, and the export identical (canonically: by image sha256 and query) to an uninterrupted reference run.
 
-The model stage is the instant orchestration-only double (benchmarks/bench_loop.py, no weights): the kills target the
+The model stage is the instant orchestration-only double (tests/fixtures/instant.py, no weights): the kills target the
 bookkeeping, not inference. Default (CI included): seeds 0-3, the full 20 kill points in 4 trials, each compared
 with an uninterrupted SQLite + local reference run. Even seeds run SQLite + local blobs, odd ones PostgreSQL + S3.
 A quicker local run: ``GEOLABEL_KILL_SEEDS=0,1``; a record of every kill: ``GEOLABEL_KILL_RESULTS=kill.jsonl``.

@@ -21,7 +21,10 @@ from labeling.sync import sync_annotations
 from storage import repo
 from storage.models import Annotation, LabelTask, Triplet
 from tests.helpers.faults import HttpFaultProxy
-from tests.labeling.test_labeling_labelstudio import MV, _resolver, _seed, _verdict
+from tests.helpers.labelstudio import MV
+from tests.helpers.labelstudio import resolver as _resolver
+from tests.helpers.labelstudio import seed as _seed
+from tests.helpers.labelstudio import verdict as _verdict
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

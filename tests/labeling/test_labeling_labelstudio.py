@@ -32,49 +32,14 @@ from storage.maskcodec import decode_mask, encode_mask
 from storage.models import Annotation, Item, ItemStatus, LabelProject, LabelTask, Triplet
 from storage.records import ImageRecord, ItemRecord, PredictionRecord
 from tests.fixtures.storage import add_image, add_item, add_prediction
+from tests.helpers.labelstudio import MV
+from tests.helpers.labelstudio import blob as _blob
+from tests.helpers.labelstudio import pushed as _pushed
+from tests.helpers.labelstudio import resolver as _resolver
+from tests.helpers.labelstudio import seed as _seed
+from tests.helpers.labelstudio import verdict as _verdict
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
-MV = "geoseg-test-v1"
-
-
-def _blob(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-
-
-def _seed(p, n: int, h: int = 48, w: int = 64, *, noisy: bool = False, tag: str = "") -> list[int]:
-    """n images (PNG under the imagery root) + items + predictions with mask blobs; returns item ids."""
-    rng = np.random.default_rng(n + h)
-    s = p.session
-    item_ids = []
-    for i in range(n):
-        path = p.ls.imagery_root / f"img_{tag}{h}x{w}_{i}.png"
-        rgb = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-        PILImage.fromarray(rgb).save(path)
-        sha = f"{abs(hash((str(path), i))):064x}"[-64:]
-        image_id = add_image(s, ImageRecord(sha256=sha, uri=str(path), width=w, height=h))
-        item_id = add_item(s, ItemRecord(image_id=image_id, query=f"the building number {i}", level="L1"))
-        mask = rng.random((h, w)) < 0.5 if noisy else _blob(h, w, h / 2, w / 2 + i % 5, min(h, w) / 4)
-        msha = p.blobs.put(encode_mask(mask))
-        add_prediction(
-            s,
-            PredictionRecord(
-                item_id=item_id, model_version=MV, mask_sha256=msha, mask_area=int(mask.sum()), score=0.5, route="text"
-            ),
-        )
-        item_ids.append(item_id)
-    s.commit()
-    return item_ids
-
-
-def _resolver(p) -> ImageUrlResolver:
-    return ImageUrlResolver.for_server(p.ls.server)
-
-
-def _verdict(choice: str) -> dict:
-    return {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}
-
-
 # --- server and client ----------------------------------------------------------------------------------------------
 
 
@@ -96,11 +61,11 @@ def test_server_lifecycle_start_stop_restart(labelstudio_server, tmp_path):
     import os
     import shutil
 
-    from labeling.server import LabelStudioServer, _pid_alive
-    from tests.fixtures.labelstudio import _template_dir
+    from labeling.server import LabelStudioServer, pid_alive
+    from tests.fixtures.labelstudio import template_dir
 
     root = tmp_path / "labelstudio"
-    shutil.copytree(_template_dir(labelstudio_server.server.venv), root)
+    shutil.copytree(template_dir(labelstudio_server.server.venv), root)
     imagery = tmp_path / "imagery"
     imagery.mkdir()
     srv = LabelStudioServer(root, imagery_root=imagery)
@@ -110,7 +75,7 @@ def test_server_lifecycle_start_stop_restart(labelstudio_server, tmp_path):
         assert st.running and st.token_ok and st.url != labelstudio_server.url
         assert os.getpgid(st.pid) == st.pid  # its own process group
         assert srv.stop() is True
-        assert not _pid_alive(st.pid) and not srv.state_file.exists()
+        assert not pid_alive(st.pid) and not srv.state_file.exists()
         assert not srv.status().running and srv.stop() is False
         st2 = srv.start()  # warm restart on the same data: the same token still works
         assert st2.running and st2.token_ok and st2.pid != st.pid
@@ -314,13 +279,6 @@ def test_push_records_bad_items_and_goes_on(ls_project):
 
 
 # --- annotations: accept, correct, no target, reject, delete; sync by poll -----------------------------------------
-
-
-def _pushed(p, n=4, **kw):
-    ids = _seed(p, n, **kw)
-    push_predictions(p.ls.client, p.session, p.blobs, p.handle, MV, image_url=_resolver(p))
-    lts = {lt.item_id: lt for lt in repo.label_tasks(p.session, p.handle.label_project_id)}
-    return ids, lts
 
 
 def test_annotations_sync_by_poll(ls_project):

@@ -89,7 +89,8 @@ def test_overlapped_push_equals_inline_push(ls_project):
     from labeling.project import ensure_project
     from labeling.push import ImageUrlResolver, push_predictions
     from storage import repo
-    from tests.labeling.test_labeling_labelstudio import MV, _seed
+    from tests.helpers.labelstudio import MV
+    from tests.helpers.labelstudio import seed as _seed
 
     p = ls_project
     ids = _seed(p, 23, h=40, w=56, tag="perf")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.labeling.test_ml_backend_protocol import _rect_model, serve
+from tests.helpers.ml_backend import rect_model as _rect_model
+from tests.helpers.ml_backend import serve
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
 pytestmark = pytest.mark.labelstudio
@@ -37,10 +38,11 @@ def review_task(ls_project):
 
 
 def test_tiny_geoseg_backend_through_label_studio(review_task, tiny_models_root, monkeypatch):
-    from flows.cli_ml import connect_ml_backend, load_geoseg_model
+    from flows.cli_ml import load_geoseg_model
     from geoseg.profiles import load_profile
     from geoseg.types import TINY_MODEL_WARNING
     from labeling.brush import rle_to_mask
+    from labeling.client import connect_ml_backend
     from labeling.ml_backend import MLBackendConfig, create_app
 
     monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
@@ -87,7 +89,7 @@ def test_tiny_geoseg_backend_through_label_studio(review_task, tiny_models_root,
 
 
 def test_slow_backend_gives_the_annotator_a_message_through_label_studio(review_task):
-    from flows.cli_ml import connect_ml_backend
+    from labeling.client import connect_ml_backend
     from labeling.ml_backend import MLBackendConfig, create_app
 
     proj, tid = review_task
@@ -125,7 +127,7 @@ def test_geolabel_ml_backend_command_connects_and_serves(labelstudio_server, tin
         "GEOLABEL_IMAGERY_ROOTS": str(ls.imagery_root),
     }
     cmd = [sys.executable, "-m", "flows.cli", "ml-backend", "--port", str(port), "--profile", "tiny", "--connect",
-           "--project-title", title, "--data-dir", str(tmp_path / "data"), "--timeout", "120"]
+           "--project", title, "--data-dir", str(tmp_path / "data"), "--timeout", "120"]
     log = open(tmp_path / "ml.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=Path(__file__).resolve().parents[2])

@@ -7,66 +7,16 @@ model behind the same app, connected to a real Label Studio, is in ``test_ml_bac
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
-import numpy as np
 import pytest
 
 from labeling.brush import rle_to_mask
-from labeling.ml_backend import MLBackendConfig, ModelHandle, Suggestion, context_query, create_app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(app) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread; yields its URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        th.join(10)
-
-
-def _rect_model(delay: float = 0.0, fail: bool = False, load_delay: float = 0.0) -> Callable[[], ModelHandle]:
-    calls: list[str] = []
-
-    def suggest(image: bytes, query: str) -> Suggestion:
-        calls.append(query)
-        if fail:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        time.sleep(delay)
-        m = np.zeros((20, 30), dtype=bool)
-        m[5:10, 3:12] = True
-        return Suggestion(m, "rect-v1", 0.5, "point")
-
-    def load() -> ModelHandle:
-        time.sleep(load_delay)
-        return ModelHandle(suggest, "rect-v1", warning="meaningless test model")
-
-    load.calls = calls  # type: ignore[attr-defined]
-    return load
+from labeling.ml_backend import MLBackendConfig, ModelHandle, context_query, create_app
+from tests.helpers.ml_backend import rect_model as _rect_model
+from tests.helpers.ml_backend import serve
 
 
 def _task(i: int = 1, query: str = "the pond") -> dict:
