@@ -46,7 +46,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
     from sqlalchemy.orm import Session
 
     from flows.labeling_flows import DisplayImages, document_root, label_studio_client
-    from labeling.intake import DEFAULT_INTAKE_TITLE, create_intake_tasks, ensure_intake_project, pull_queries
+    from labeling.intake import DEFAULT_INTAKE_TITLE, create_intake_tasks_once, ensure_intake_project, pull_queries
     from storage.models import Image
 
     log = _logger()
@@ -71,7 +71,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
                 display = DisplayImages(rt)
                 for uri, err in display.prepare([r[:3] for r in rows]):
                     log.warning("intake: no displayable rendition for %s: %s", uri, err)
-                rep = create_intake_tasks(client, session, handle, display, image_ids=[r[3] for r in rows])
+                rep = create_intake_tasks_once(client, session, handle, display, image_ids=[r[3] for r in rows])
                 created, failed = rep.created, rep.failed
         pulled = pull_queries(client, session, handle)
         session.commit()

@@ -393,6 +393,18 @@ def describe_stale(stale: Sequence[StaleClaim]) -> str:
     )
 
 
+def live_keys(engine: Engine, kind: str, keys: Iterable[Any]) -> set[str]:
+    """The encoded keys among ``keys`` with an unexpired claim (held by a live owner, as far as the leases tell)."""
+    t = WorkClaim.__table__
+    now = sa.literal(utcnow(), UTCDateTime())
+    out: set[str] = set()
+    with engine.connect() as conn:
+        for chunk in chunked(sorted({encode_key(k) for k in keys})):
+            q = sa.select(t.c.key).where(t.c.kind == kind, t.c.key.in_(chunk), t.c.expires_at >= now)
+            out.update(conn.execute(q).scalars())
+    return out
+
+
 def active_claims(engine: Engine, kind: str | None = None) -> list[WorkClaim]:
     """Claim rows as they stand (status, tests)."""
     with Session(engine, expire_on_commit=False) as s:
