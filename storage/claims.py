@@ -30,7 +30,10 @@ Protocol (design §9), both dialects, one statement per step:
    ``with`` block ends (a failed item, an exception) is released by the lease itself, so another run can retry it.
 
 A run killed between 1 and 4 leaves only expiring rows: after ``ttl_s`` any run takes the keys over; :func:`sweep`
-(called at the start of each run) deletes expired rows and returns them for the run's report.
+(called at the start of each run) deletes expired rows and returns them for the run's report. A claim whose owner ran
+on **this** host in a process that no longer exists (:func:`owner_alive` is False: killed, crashed) is taken over at
+once instead of after its lease, so a re-run right after a kill finishes the work; owners on other hosts are only
+ever judged by their lease.
 
 Clocks: expiry uses each process's UTC clock; hosts sharing a database need synchronised clocks (NTP), and ``ttl_s``
 should be far larger than their skew. SQLite caveat: a lease's own statements run on their own connection, so do not
@@ -79,6 +82,32 @@ class ClaimError(RuntimeError):
 def new_owner(label: str = "run") -> str:
     """A unique owner id: ``label@host:pid:tag`` (the tag tells two leases of one process apart)."""
     return f"{label}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[:200]
+
+
+def owner_alive(owner: str) -> bool | None:
+    """For an owner of :func:`new_owner`'s form on this host: whether its process still exists (a zombie counts as
+    gone). ``None`` for an owner on another host, or of another form: only its lease can tell."""
+    try:
+        _label, _, rest = owner.rpartition("@")
+        host, pid_s, _tag = rest.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return None
+    if host != socket.gethostname() or pid <= 0:
+        return None
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def encode_key(key: Any) -> str:
@@ -220,6 +249,23 @@ class Lease:
             s.commit()
         return got, done
 
+    def _expire_dead_local(self, codes: Sequence[str]) -> bool:
+        """Expire the claims among ``codes`` whose owner was a process on this host that is gone; True if any."""
+        dead = {o for o in set(self.holders(codes).values()) if owner_alive(o) is False}
+        if not dead:
+            return False
+        t = WorkClaim.__table__
+        past = utcnow() - timedelta(seconds=1)
+        with Session(self.engine) as s:
+            for chunk in chunked(sorted(codes)):
+                s.execute(
+                    sa.update(t)
+                    .where(t.c.kind == self.kind, t.c.owner.in_(sorted(dead)), t.c.key.in_(chunk))
+                    .values(expires_at=past)
+                )
+            s.commit()
+        return True
+
     def acquire(self) -> Lease:
         t0 = time.perf_counter()
         todo = list(self._by_code)
@@ -227,11 +273,16 @@ class Lease:
         held: dict[str, Any] = {}
         done: list[str] = []
         pause = 0.05
+        checked_dead = False
         while True:
             got, fin = self._claim_once(todo)
             held.update(got)
             done += fin
             todo = [c for c in todo if c not in got and c not in fin]
+            if todo and not checked_dead:
+                checked_dead = True  # once per acquire: owners that died on this host need no lease expiry
+                if self._expire_dead_local(todo):
+                    continue
             if not todo or time.monotonic() >= deadline:
                 break
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
@@ -365,15 +416,18 @@ class StaleClaim:
 
 
 def sweep(engine: Engine, kinds: Iterable[str] | None = None, *, older_than_s: float = 0.0) -> list[StaleClaim]:
-    """Delete claims whose lease expired more than ``older_than_s`` ago (their owners died); returns them.
+    """Delete claims whose lease expired more than ``older_than_s`` ago, or whose owner was a process on this host
+    that is gone (:func:`owner_alive`); returns them.
 
     Nothing is lost: a claim holds no result, and the work it covered is still pending, so the next run does it.
     """
     t = WorkClaim.__table__
     cutoff = utcnow() - timedelta(seconds=float(older_than_s))
-    cond = t.c.expires_at < sa.literal(cutoff, UTCDateTime())
-    if kinds is not None:
-        cond = sa.and_(cond, t.c.kind.in_(list(kinds)))
+    kind_cond = t.c.kind.in_(list(kinds)) if kinds is not None else sa.true()
+    with engine.connect() as conn:
+        owners = conn.execute(sa.select(t.c.owner).where(kind_cond).distinct()).scalars().all()
+    dead = sorted(o for o in owners if owner_alive(o) is False)
+    cond = sa.and_(kind_cond, sa.or_(t.c.expires_at < sa.literal(cutoff, UTCDateTime()), t.c.owner.in_(dead)))
     with Session(engine) as s:
         stmt = sa.delete(t).where(cond).returning(t.c.kind, t.c.key, t.c.owner, t.c.expires_at)
         rows = [StaleClaim(k, key, o, exp) for k, key, o, exp in s.execute(stmt)]

@@ -208,7 +208,7 @@ def test_three_concurrent_pushes_make_one_task_per_item(pool, shared, labelstudi
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()[-3000:]
-    summaries = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outs]
+    summaries = [json.loads(out.decode()[out.decode().index("{") :]) for out, _ in outs]
     projects = [p for p in ls.client.projects(title=title) if p.get("title") == title]
     assert len(projects) == 1  # one project for three runs
     tasks = list(ls.client.iter_tasks(projects[0]["id"], fields="task_only", page_size=500))
@@ -251,7 +251,8 @@ def test_overlapping_cycles_second_is_cancelled(pool, shared, labelstudio_server
                     break
                 except Exception:  # noqa: BLE001 - not registered yet
                     time.sleep(1)
-            assert dep.concurrency_limit == 1 and dep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+            assert dep.global_concurrency_limit.limit == 1
+            assert dep.concurrency_options.collision_strategy.value == "CANCEL_NEW"
             first = run_deployment(f"label-cycle/{LABEL_CYCLE}", timeout=0)
             while client.read_flow_run(first.id).state.type.value not in ("RUNNING", "COMPLETED", "FAILED", "CRASHED"):
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]

@@ -76,38 +76,58 @@ def test_racing_processes_claim_every_key_exactly_once(db_url):
     engine.dispose()
 
 
-def _hold_and_wait(url: str, ttl: float, out: mp.Queue) -> None:
+def _hold_and_wait(url: str, ttl: float, owner: str | None, out: mp.Queue) -> None:
     engine = make_engine(url)
-    lease = claims.Lease(engine, "test", KEYS[:5], ttl_s=ttl).acquire()
+    lease = claims.Lease(engine, "test", KEYS[:5], ttl_s=ttl, owner=owner).acquire()
     out.put(lease.owner)
     time.sleep(600)  # killed here, holding the claims
 
 
-def test_killed_owner_lease_is_taken_over_after_expiry_and_swept(db_url):
-    engine = _setup(db_url)
+def _start_holder(url: str, ttl: float, owner: str | None = None):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_hold_and_wait, args=(db_url, 1.5, out))
+    proc = ctx.Process(target=_hold_and_wait, args=(url, ttl, owner, out))
     proc.start()
-    dead_owner = out.get(timeout=60)
+    return proc, out.get(timeout=60)
+
+
+def test_lost_node_lease_is_taken_over_after_expiry_and_swept(db_url):
+    """The holder names another host (a lost node: its process cannot be checked), so only its lease expiry counts."""
+    engine = _setup(db_url)
+    proc, dead_owner = _start_holder(db_url, 1.5, owner=f"test@lost-node:{os.getpid() + 1}:abcd")
     time.sleep(2.0)  # longer than the 1.5 s lease: the live owner's heartbeat (every 0.5 s) keeps renewing it
     with claims.Lease(engine, "test", KEYS[:5], ttl_s=5, heartbeat=False) as lease:
         assert lease.held == [] and lease.skipped == KEYS[:5]  # a live owner's claims are skipped
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(timeout=10)
     t_kill = time.monotonic()
+    with claims.Lease(engine, "test", KEYS[:3], ttl_s=5, heartbeat=False) as lease:
+        assert lease.held == []  # dead, but its lease still runs
     while time.monotonic() - t_kill < 10:
         with claims.Lease(engine, "test", KEYS[:3], ttl_s=5, heartbeat=False) as lease:
             if lease.held:
                 break
         time.sleep(0.2)
     assert lease.held == KEYS[:3] and set(lease.taken_over.values()) == {dead_owner}
-    assert time.monotonic() - t_kill < 3.5  # taken over within the 1.5 s lease (plus polling)
+    assert 0.5 < time.monotonic() - t_kill < 3.5  # taken over once the 1.5 s lease ran out (plus polling)
     stale = claims.sweep(engine)  # the two keys nobody took over yet: cleaned up and reported
     assert sorted(c.key for c in stale) == [claims.encode_key(k) for k in KEYS[3:5]]
     assert {c.owner for c in stale} == {dead_owner}
     assert "removed 2 expired claim(s)" in claims.describe_stale(stale)
     assert claims.active_claims(engine) == []
+    engine.dispose()
+
+
+def test_dead_local_owner_is_taken_over_at_once(db_url):
+    """A holder on this host whose process is gone (SIGKILL) needs no lease expiry: a re-run takes over at once."""
+    engine = _setup(db_url)
+    proc, dead_owner = _start_holder(db_url, 60.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(timeout=10)
+    assert claims.owner_alive(dead_owner) is False and claims.owner_alive(claims.new_owner()) is True
+    with claims.Lease(engine, "test", KEYS[:2], ttl_s=5) as lease:
+        assert lease.held == KEYS[:2] and set(lease.taken_over.values()) == {dead_owner}
+    assert [c.owner for c in claims.sweep(engine)] == [dead_owner] * 3  # the rest, long before the 60 s lease
     engine.dispose()
 
 
