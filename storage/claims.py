@@ -154,7 +154,7 @@ def _insert_claims(session: Session, kind: str, encoded: Sequence[str], owner: s
             {"kind": kind, "key": k, "owner": owner, "previous_owner": None, "claimed_at": now, "expires_at": expires}
             for k in chunk
         ]
-        for key, prev in session.execute(stmt.values(rows)):
+        for key, prev in session.execute(stmt, rows):  # one cached statement; "insertmanyvalues" batches the rows
             held[key] = prev
     return held
 
@@ -368,7 +368,18 @@ class Lease:
         with self._lock:
             codes &= self._live
             self._live -= codes  # no more renewals
-            self._released |= codes  # deleted once more by release(): the caller's transaction may roll back
+            self._released |= codes  # deleted once more by release() unless the caller's transaction commits
+
+        def committed(_session: Session) -> None:
+            with self._lock:
+                self._released -= codes
+
+        def rolled_back(_session: Session) -> None:  # the rows are still there: release() deletes them
+            if sa.event.contains(session, "after_commit", committed):
+                sa.event.remove(session, "after_commit", committed)
+
+        sa.event.listen(session, "after_commit", committed, once=True)
+        sa.event.listen(session, "after_rollback", rolled_back, once=True)
         return _delete_claims(session, self.kind, codes, self.owner)
 
     def release(self) -> int:
