@@ -274,6 +274,16 @@ class _LabelStudio:
         from labeling.server import LabelStudioServer
 
         self.root = root
+        # a migrated Label Studio kept by the test fixtures (if any) saves its cold start (minutes on a busy machine)
+        import shutil
+
+        base = os.environ.get("GEOLABEL_LS_TEMPLATE_DIR")
+        templates = [Path(base)] if base else sorted((Path.home() / ".cache" / "geolabel").glob("labelstudio-*"))
+        for tpl in templates:
+            if (tpl / "data" / "label_studio.sqlite3").exists() and (tpl / "credentials.json").exists():
+                shutil.copytree(tpl, root / "labelstudio", dirs_exist_ok=True)
+                break
+        (root / "imagery").mkdir(parents=True, exist_ok=True)
         self.srv = LabelStudioServer(root / "labelstudio", imagery_root=root / "imagery")
         self.srv.start(timeout=900)
         self.token_value = self.srv.token().get_secret_value()
