@@ -83,7 +83,7 @@ def export_flow(
     """Write ``out_dir/instances.json`` (COCO + refs + no_target) for the selected triplets."""
     from flows.serve import note_overlap
 
-    note_overlap(_logger())  # a deployment run says so when another export is still working, or it waited for one
+    note_overlap()  # a deployment run says so when another export is still working, or it waited for one
     f = make_filter(snapshot, domains, levels, since, until, model_version)
     summary = export_coco_task(settings_overrides, out_dir, f, images)
     _logger().info("COCO export: %(annotations)d annotations, %(images)d images, %(no_target)d no-target -> %(path)s",

@@ -28,7 +28,6 @@ from typing import Any
 
 from prefect import flow
 
-from flows.ingest import _logger
 from flows.preannotate import (
     ImageWork,
     WorkItem,
@@ -39,6 +38,7 @@ from flows.preannotate import (
     predict_batch,
 )
 from flows.runtime import open_runtime, settings_from
+from flows.serve import run_logger as _logger
 
 BATCH_FLOW = "predict-batch"
 BATCH_DEPLOYMENT = "geolabel-predict-batch"

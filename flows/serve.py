@@ -54,9 +54,22 @@ def export_concurrency() -> Any:
     return ConcurrencyLimitConfig(limit=EXPORT_CONCURRENCY, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
-def note_overlap(log: Any) -> list[str]:
+def run_logger() -> Any:
+    """The flow run's logger inside a run, else the module logger."""
+    import logging
+
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow/task run
+        return logging.getLogger("geolabel.flows")
+
+
+def note_overlap() -> list[str]:
     """In a deployment's flow run: log the other runs of the deployment still working and the time this run waited
     for a concurrency slot. Returns the names of those other runs (empty outside a deployment or without an API)."""
+    log = run_logger()
     try:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (

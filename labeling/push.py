@@ -382,6 +382,8 @@ def _push_held(
     lease: claims.Lease,
 ) -> None:
     """Reconcile and import the claimed ``pending`` jobs (the body of :func:`push_predictions`)."""
+    if not pending:  # everything held or pushed by other runs: not even the project listing is needed
+        return
     by_item = {job.item_id: job for job in pending}
 
     # Reconcile: tasks already in Label Studio for pending items (a crash after the import, before the DB write,
