@@ -51,7 +51,7 @@ _COMMAND_MODULES: list[str] = [
     "flows.cli_flows",
     "flows.cli_labelstudio",
     "flows.cli_ml",
-    "flows.dispatch",  # geolabel deploy / dispatch (scale-out on a work pool)
+    "flows.dispatch_cli",  # geolabel deploy / dispatch (scale-out on a work pool)
 ]
 
 
