@@ -183,6 +183,18 @@ def _watch(
     return counts, lost
 
 
+def _submit(deployment: str, batches: list[list[ImageWork]], params: dict[str, Any]) -> dict[Any, list[ImageWork]]:
+    """One flow run of ``deployment`` per batch (not waited for); returns ``{flow run id: batch}``."""
+    from prefect.deployments import run_deployment
+
+    return {
+        run_deployment(
+            deployment, parameters={**params, "batch": batch_to_params(b)}, timeout=0, as_subflow=False
+        ).id: b
+        for b in batches
+    }
+
+
 @flow(name=DISPATCH_FLOW, log_prints=True)
 def dispatch_flow(
     profile: str = "tiny",
@@ -199,8 +211,6 @@ def dispatch_flow(
 ) -> DispatchReport:
     """Cut the pending model work into batches, run each as a ``predict-batch`` flow run on the work pool, and (with
     ``wait``) watch them, dispatching again the items of runs whose worker died (up to ``max_rounds`` rounds)."""
-    from prefect.deployments import run_deployment
-
     from storage import claims
 
     log = _logger()
@@ -225,26 +235,10 @@ def dispatch_flow(
             break
         batches = plan_batches(work, batch_size)
         n_batches += len(batches)
-        log.info(
-            "dispatch: round %d: %d item(s) need model %s: %d batch run(s) on %s",
-            rounds,
-            left,
-            mv,
-            len(batches),
-            deployment,
-        )
-        params = {
-            "profile": profile,
-            "settings_overrides": settings_overrides,
-            "lease_s": lease,
-            "retry_failed": retry_failed,
-        }
-        runs = {
-            run_deployment(
-                deployment, parameters={**params, "batch": batch_to_params(b)}, timeout=0, as_subflow=False
-            ).id: b
-            for b in batches
-        }
+        msg = "dispatch: round %d: %d item(s) need model %s: %d batch run(s) on %s"
+        log.info(msg, rounds, left, mv, len(batches), deployment)
+        params = {"profile": profile, "settings_overrides": settings_overrides, "lease_s": lease}
+        runs = _submit(deployment, batches, {**params, "retry_failed": retry_failed})
         if not wait:
             counts["SCHEDULED"] = counts.get("SCHEDULED", 0) + len(runs)
             break
@@ -252,7 +246,7 @@ def dispatch_flow(
         for k, v in got.items():
             counts[k] = counts.get(k, 0) + v
         lost_all += lost
-        if not lost and "UNFINISHED" not in got:
+        if not lost or "UNFINISHED" in got:  # done, or out of time: no new round
             left = sum(len(w.items) for w in pending_work(rt, mv, limit, retry_failed))
             break
     report = DispatchReport(
