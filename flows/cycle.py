@@ -59,6 +59,9 @@ def label_cycle_flow(
 ) -> CycleReport:
     if (source is None) != (queries is None):
         raise ValueError("give both source and queries (or neither, to skip ingest)")
+    from flows.serve import note_overlap
+
+    note_overlap()  # a deployment run says so when the previous cycle is still working
     ing = ingest_flow(source, queries, settings_overrides=settings_overrides) if source and queries else None
     took = None
     if intake:  # annotator queries written in Label Studio's intake project become items (flows.intake)

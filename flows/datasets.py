@@ -115,6 +115,9 @@ def export_flow(
     min_annotators: int | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/instances.json`` (COCO + refs + no_target) for the selected triplets."""
+    from flows.serve import note_overlap
+
+    note_overlap()  # a deployment run says so when another export is still working, or it waited for one
     f = make_filter(snapshot, domains, levels, since, until, model_version, min_agreement, min_annotators)
     summary = export_coco_task(settings_overrides, out_dir, f, images)
     get_logger().info(

@@ -37,6 +37,7 @@ class PushSummary:
     requests: int = 0
     seconds: float = 0.0  # labeling.push.push_predictions itself
     setup_seconds: float = 0.0  # before it: project check, pending rows, display renditions
+    skipped: int = 0  # items another run held (storage.claims) or pushed meanwhile
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +124,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         requests=rep.requests,
         seconds=rep.seconds,
         setup_seconds=setup_s,
+        skipped=rep.skipped,
     )
 
 

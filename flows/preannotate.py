@@ -11,6 +11,11 @@
   retries (``retries``); a batch is written in one transaction, so a retry or a re-run never half-writes.
 * Masks go to the blob store (``storage.maskcodec``), the prediction rows to the database
   (``repo.upsert_predictions``). Killed at any point and re-run, it predicts only what is missing.
+* Exactly once across overlapping runs and workers (design §9): each batch claims its ``(item_id, model_version)``
+  keys (``storage.claims.Lease``, kind ``"predict"``) before any model work, skips items another live run holds or
+  has finished meanwhile, renews the lease while the models run, and releases the claims in the transaction that
+  writes the predictions. A batch whose worker died is taken over ``lease_s`` seconds later; each run starts by
+  removing (and logging) expired claims of crashed runs.
 
 Models: ``profile`` is anything ``geoseg.registry.load_pipeline`` takes: "tiny", "paper", a profile file, a name
 registered with ``geoseg.registry.register_pipeline`` in this process, or ``py:package.module:function`` naming a
@@ -49,6 +54,9 @@ class BatchOutcome:
     seconds_model: float = 0.0
     seconds_total: float = 0.0
     errors: tuple[tuple[int, str], ...] = ()
+    skipped: int = 0  # claimed by another live run, or predicted by one since the work list was read
+    taken_over: int = 0  # claims of a dead run taken over after their lease expired
+    seconds_claim: float = 0.0  # the claim transaction (claim + verify)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,9 @@ class PreannotateReport:
     seconds_model: float = 0.0  # summed over batches: time inside the pipeline (grounder, matcher, segmenter)
     meaningless: bool = False
     errors: tuple[tuple[int, str], ...] = field(default_factory=tuple)
+    skipped: int = 0  # items another run held or finished (storage.claims)
+    taken_over: int = 0  # items whose dead run's expired claim this run took over
+    stale_claims: int = 0  # expired claims of crashed runs removed at the start
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,15 +139,56 @@ def model_slot(concurrency: int, use_global: bool = False):
 
 
 def predict_batch(
-    rt: Runtime, profile: str, batch: list[ImageWork], concurrency: int = 1, use_global: bool = False
+    rt: Runtime,
+    profile: str,
+    batch: list[ImageWork],
+    concurrency: int = 1,
+    use_global: bool = False,
+    *,
+    lease_s: float | None = None,
+    retry_failed: bool = True,
 ) -> BatchOutcome:
-    """Run the pipeline on one batch and store masks + predictions in one transaction."""
+    """Claim the batch's items, run the pipeline on the ones this run holds, and store masks + predictions with the
+    claims released in one transaction (see the module docstring)."""
+    from storage import claims
+
+    t_start = time.perf_counter()
+    pipeline = load_pipeline(profile)
+    mv = pipeline.model_version
+    keys = [(it.item_id, mv) for work in batch for it in work.items]
+    with claims.Lease(
+        rt.engine,
+        "predict",
+        keys,
+        ttl_s=claims.DEFAULT_TTL_S if lease_s is None else lease_s,
+        verify=claims.unpredicted(mv, retry_failed=retry_failed),
+    ) as lease:
+        held = {k[0] for k in lease.held}
+        mine = [ImageWork(w.image_id, w.sha256, w.uri, tuple(i for i in w.items if i.item_id in held)) for w in batch]
+        out = _predict_held(rt, pipeline, [w for w in mine if w.items], concurrency, use_global, lease)
+    return BatchOutcome(
+        predicted=out.predicted,
+        failed=out.failed,
+        seconds_model=out.seconds_model,
+        seconds_total=time.perf_counter() - t_start,
+        errors=out.errors,
+        skipped=len(lease.skipped) + len(lease.done),
+        taken_over=len(lease.taken_over),
+        seconds_claim=lease.claim_seconds,
+    )
+
+
+def _predict_held(
+    rt: Runtime, pipeline: Any, batch: list[ImageWork], concurrency: int, use_global: bool, lease: Any
+) -> BatchOutcome:
+    """The model work on the claimed items; predictions written with ``lease`` released in the same transaction."""
     from storage import repo
     from storage.maskcodec import encode_mask
     from storage.records import PredictionRecord
 
+    if not batch:  # every item is held or done by another run: no model slot taken
+        return BatchOutcome()
     t_start = time.perf_counter()
-    pipeline = load_pipeline(profile)
     mv = pipeline.model_version
     records: list[PredictionRecord] = []
     errors: list[tuple[int, str]] = []
@@ -153,7 +205,7 @@ def predict_batch(
     with model_slot(concurrency, use_global):
         t_model = time.perf_counter()  # inside the slot: waiting for a slot is not model time
         results = list(pipeline.run_batch(inputs, batch_size=max(1, len(inputs)))) if inputs else []
-        seconds_model = time.perf_counter() - t_model
+        seconds_model = time.perf_counter() - t_model if inputs else 0.0
     masks: list[bytes] = []
     ok: list[tuple[int, Any]] = []
     for item_id, res in results:
@@ -172,6 +224,7 @@ def predict_batch(
                                                     point_mask_sha256=pt, text_mask_sha256=txt))
     with rt.session() as s:
         repo.upsert_predictions(s, records)
+        lease.release_in(s)  # the claims go with the results: both committed or neither
     return BatchOutcome(
         predicted=len(ok),
         failed=len(errors),
@@ -188,8 +241,11 @@ def predict_batch_task(
     batch: list[ImageWork],
     concurrency: int,
     use_global: bool = False,
+    lease_s: float | None = None,
+    retry_failed: bool = True,
 ) -> BatchOutcome:
-    return predict_batch(open_runtime(settings_from(settings_overrides)), profile, batch, concurrency, use_global)
+    rt = open_runtime(settings_from(settings_overrides))
+    return predict_batch(rt, profile, batch, concurrency, use_global, lease_s=lease_s, retry_failed=retry_failed)
 
 
 @flow(name="preannotate", log_prints=True)
@@ -200,15 +256,25 @@ def preannotate_flow(
     batch_size: int = 16,
     concurrency: int = 1,
     retry_failed: bool = True,
+    lease_s: float | None = None,
 ) -> PreannotateReport:
-    """Predict every item without a prediction for ``profile``'s model version (see the module docstring)."""
+    """Predict every item without a prediction for ``profile``'s model version (see the module docstring).
+
+    ``lease_s``: the claim lease per batch (default ``storage.claims.DEFAULT_TTL_S``; renewed while a batch runs, so
+    it only bounds how long a dead worker's batch waits before another run takes it over)."""
     from geoseg.types import TINY_MODEL_WARNING
+    from storage import claims
 
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if lease_s is not None:
+        claims.check_ttl(lease_s)
     log = _logger()
     t0 = time.perf_counter()
     rt = open_runtime(settings_from(settings_overrides))
+    stale = claims.sweep(rt.engine, ["predict"])
+    if stale:
+        log.warning("preannotate: %s", claims.describe_stale(stale))
     mv = model_version_of(profile)
     work = pending_work(rt, mv, limit, retry_failed)
     pending = sum(len(w.items) for w in work)
@@ -224,8 +290,11 @@ def preannotate_flow(
         log.info(
             "preannotate: each batch also takes a slot of the global concurrency limit %r", MODEL_CONCURRENCY_LIMIT
         )
-    futures = [predict_batch_task.submit(settings_overrides, profile, b, concurrency, use_global) for b in batches]
-    predicted = failed = 0
+    futures = [
+        predict_batch_task.submit(settings_overrides, profile, b, concurrency, use_global, lease_s, retry_failed)
+        for b in batches
+    ]
+    predicted = failed = skipped = taken_over = 0
     seconds_model = 0.0
     errors: list[tuple[int, str]] = []
     progress = stage_progress("preannotate", len(futures))  # a progress artifact, one step per batch
@@ -235,9 +304,15 @@ def preannotate_flow(
         seconds_model += out.seconds_model
         predicted += out.predicted
         failed += out.failed
+        skipped += out.skipped
+        taken_over += out.taken_over
         errors.extend(out.errors)
     for item_id, msg in errors[:20]:
         log.warning("preannotate: item %d failed: %s", item_id, msg)
+    if skipped:
+        log.info("preannotate: %d item(s) skipped: another run holds or has just predicted them", skipped)
+    if taken_over:
+        log.warning("preannotate: took over %d item(s) from a run whose lease expired (killed or lost)", taken_over)
     report = PreannotateReport(
         model_version=mv,
         pending=pending,
@@ -248,6 +323,9 @@ def preannotate_flow(
         seconds_model=seconds_model,
         meaningless=meaningless,
         errors=tuple(errors),
+        skipped=skipped,
+        taken_over=taken_over,
+        stale_claims=len(stale),
     )
     log.info("preannotate: %d predicted, %d failed in %.1f s", predicted, failed, report.seconds)
     publish_report("preannotate", report)  # the run's artifacts in the Prefect UI (flows.prefect_server)

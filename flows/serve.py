@@ -11,12 +11,23 @@ installed can run them); ``serve_deployments`` hands them to ``prefect.serve``, 
 API (``PREFECT_API_URL``; a Prefect server for anything long-lived) and runs their scheduled and manual runs in this
 process's machine.
 
-Scaling out (documented in docs/ONBOARDING_DRAFT.md): run a Prefect server, create a work pool
-(``prefect work-pool create gpu --type process``), start ``prefect worker start --pool gpu`` on each GPU node, and
-deploy the same flows to that pool (``build_deployments(..., work_pool="gpu")`` + ``.deploy``-style registration or
-``prefect deploy``); a global concurrency limit named ``geolabel-model`` (``prefect gcl create geolabel-model
---limit N``) bounds the model stage across all workers. PostgreSQL (``GEOLABEL_DATABASE_URL``) and S3
-(``GEOLABEL_BLOB_URL=s3://…``) make the state shared by every worker.
+Deployments cannot pile up (Prefect deployment concurrency limits, enforced by the Prefect server):
+
+* the label cycle: at most :data:`CYCLE_CONCURRENCY` run at once, collision strategy **cancel-new**: a cycle that
+  comes due (or is started from the UI/API) while the previous one is still working is cancelled by the server with
+  the state message "Deployment concurrency limit reached."; the running cycle goes on and the next due one picks up
+  whatever arrived meanwhile, so nothing is lost and no backlog of waiting cycles builds up;
+* the nightly export: at most one at once, collision strategy **enqueue**: a second export waits
+  (``AwaitingConcurrencySlot``) until the first has finished, then runs, so each requested export is made.
+
+Each run of these deployments calls :func:`note_overlap` first: it logs a warning naming any other run of the same
+deployment that is still working (possible when runs are started outside the limit), and how long this run waited
+for its slot. Overlap is safe anyway: the stages claim their work (``storage.claims``).
+
+Scaling out the model stage on a work pool (GPU workers): :mod:`flows.dispatch` (``geolabel deploy``, ``geolabel
+dispatch``, ``prefect worker start --pool gpu``); a global concurrency limit named ``geolabel-model`` (``prefect gcl
+create geolabel-model --limit N``) bounds the model stage across all workers. PostgreSQL (``GEOLABEL_DATABASE_URL``)
+and S3 (``GEOLABEL_BLOB_URL=s3://…``) make the state shared by every worker.
 """
 
 from __future__ import annotations
@@ -27,6 +38,81 @@ from typing import Any
 
 LABEL_CYCLE = "geolabel-label-cycle"
 NIGHTLY_EXPORT = "geolabel-nightly-export"
+CYCLE_CONCURRENCY = 1
+EXPORT_CONCURRENCY = 1
+
+
+def cycle_concurrency() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=CYCLE_CONCURRENCY, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+
+
+def export_concurrency() -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    return ConcurrencyLimitConfig(limit=EXPORT_CONCURRENCY, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+
+def run_logger() -> Any:
+    """The flow run's logger inside a run, else the module logger."""
+    import logging
+
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow/task run
+        return logging.getLogger("geolabel.flows")
+
+
+def note_overlap() -> list[str]:
+    """In a deployment's flow run: log the other runs of the deployment still working and the time this run waited
+    for a concurrency slot. Returns the names of those other runs (empty outside a deployment or without an API)."""
+    log = run_logger()
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.runtime import deployment, flow_run
+
+        dep_id, me = deployment.id, flow_run.id
+        if not dep_id or not me:
+            return []
+        with get_client(sync_client=True) as client:
+            running = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+                ),
+            )
+            history = client.read_flow_run_states(me)
+    except Exception as exc:  # noqa: BLE001 - no API or an old server: nothing to say
+        log.debug("note_overlap: %s", exc)
+        return []
+    others = [r for r in running if str(r.id) != str(me)]
+    for r in others:
+        log.warning(
+            "the previous run %r of this deployment (started %s) is still working; this run goes on beside it "
+            "(claims keep the two from doing the same work twice)",
+            r.name,
+            r.start_time,
+        )
+    waits = [st.timestamp for st in history if st.name == "AwaitingConcurrencySlot"]
+    if waits:
+        waited = (max(st.timestamp for st in history) - min(waits)).total_seconds()
+        log.info(
+            "this run waited about %.0f s for the previous run of this deployment to finish (concurrency limit, "
+            "collision strategy enqueue)",
+            waited,
+        )
+    return [r.name for r in others]
 
 
 @dataclass(frozen=True)
@@ -89,6 +175,7 @@ def build_deployments(cfg: ServeConfig) -> list[Any]:
         else "ingest -> preannotate -> push -> sync, every N minutes",
         tags=["geolabel"],
         entrypoint_type=EntrypointType.MODULE_PATH,
+        concurrency_limit=cycle_concurrency(),
     )
     export = export_flow.to_deployment(
         name=NIGHTLY_EXPORT,
@@ -97,6 +184,7 @@ def build_deployments(cfg: ServeConfig) -> list[Any]:
         description="COCO export of the accepted triplets",
         tags=["geolabel"],
         entrypoint_type=EntrypointType.MODULE_PATH,
+        concurrency_limit=export_concurrency(),
     )
     return [cycle, export]
 

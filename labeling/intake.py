@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from geoseg.vocabulary import DOMAINS, LEVELS, normalise_domain, normalise_level, normalise_query, query_key
 from labeling.client import LabelStudioClient
 from labeling.project import ProjectHandle, ensure_project
-from storage import repo
+from storage import claims, repo
 from storage.models import Item
 from storage.records import MAX_QUERY_CHARS, ItemRecord
 from storage.repo.base import chunked
@@ -173,6 +173,7 @@ class IntakeTasksReport:
     created: int = 0
     existing: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)  # (image id, reason)
+    skipped: int = 0  # images another run was creating tasks for (create_intake_tasks_once)
 
 
 def create_intake_tasks(
@@ -207,6 +208,30 @@ def create_intake_tasks(
         present.add(img.sha256)
     for batch in chunked(todo, batch_size):
         report.created += len(client.import_tasks(project.ls_project_id, batch))
+    return report
+
+
+def create_intake_tasks_once(
+    client: LabelStudioClient,
+    session: Session,
+    project: ProjectHandle,
+    image_url: Callable[[str], str],
+    *,
+    image_ids: Iterable[int] | None = None,
+    batch_size: int = 200,
+) -> IntakeTasksReport:
+    """:func:`create_intake_tasks` with a claim per (intake project, image) held around the listing and the import
+    (``storage.claims``, kind ``"intake-task"``), so two runs at once cannot both import a task for one image; images
+    another run holds are skipped (that run creates them). Commits the session's open transaction first."""
+    if image_ids is None:
+        image_ids = [r[3] for r in repo.image_refs(session)]
+    session.commit()
+    keys = [(project.label_project_id, int(i)) for i in image_ids]
+    with claims.Lease(session.get_bind(), "intake-task", keys) as lease:
+        held = [int(k[1]) for k in lease.held]
+        report = create_intake_tasks(client, session, project, image_url, image_ids=held, batch_size=batch_size)
+        session.rollback()  # end the read before the lease releases on its own connection (SQLite)
+    report.skipped = len(lease.skipped)
     return report
 
 

@@ -6,7 +6,9 @@ and sync (:data:`MASK_FROM`, :data:`IMAGE_TO`, :data:`VERDICT_FROM`, :data:`TARG
 
 :func:`ensure_project` finds the project recorded in the database (``LabelProject``) or, failing that, one with the
 same title in Label Studio, and only creates a project when neither exists; the Label Studio project id is recorded in
-the database either way.
+the database either way. Two runs at once cannot create two projects: the find-or-create step holds a claim on
+``(Label Studio URL, title)`` (``storage.claims``, kind ``"project"``); a second run waits for it (up to
+:data:`PROJECT_CLAIM_WAIT_S`) and then finds the project the first one created.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from labeling.client import LabelStudioClient, LabelStudioError, LabelStudioRequestError
-from storage import repo
+from storage import claims, repo
 from storage.models import LabelProject
 
 MASK_FROM = "mask"
@@ -29,6 +31,9 @@ TARGET_LABEL = "target"
 #: Label Studio choice value -> storage.models.Verdict value
 VERDICT_CHOICES = {"accept": "accept", "no target": "no_target", "reject": "reject"}
 DEFAULT_TITLE = "GeoSeg verification"
+#: How long a run waits for another run that is creating the same project (then fails with the holder's name).
+PROJECT_CLAIM_WAIT_S = 120.0
+PROJECT_CLAIM_TTL_S = 30.0
 
 
 def label_config() -> str:
@@ -62,12 +67,31 @@ def ensure_project(
     """Find (database row, then title) or create a project; record it in the database (commit is the caller's).
 
     ``config`` is the labeling config (default: the verification project's, :func:`label_config`); an existing
-    project with another config is updated to it.
+    project with another config is updated to it. The session's open transaction is committed first (the claim on
+    the title is written on its own connection).
     """
     title = title.strip()
     if len(title) < 3:
         raise ValueError(f"project title must have at least 3 characters, got {title!r}")
     config = label_config() if config is None else config
+    session.commit()
+    key = (client.url, title)
+    with claims.Lease(session.get_bind(), "project", [key], ttl_s=PROJECT_CLAIM_TTL_S, wait_s=PROJECT_CLAIM_WAIT_S):
+        pid, created = _find_or_create(client, session, title, config, description, imagery_root)
+        session.rollback()  # end the read before the lease releases on its own connection (SQLite)
+    row_id = repo.upsert_label_project(session, client.url, pid, title)
+    return ProjectHandle(label_project_id=row_id, ls_project_id=pid, title=title, url=client.url, created=created)
+
+
+def _find_or_create(
+    client: LabelStudioClient,
+    session: Session,
+    title: str,
+    config: str,
+    description: str,
+    imagery_root: str | Path | None,
+) -> tuple[int, bool]:
+    """The project's Label Studio id (found by database row, then by title, else created) and whether it was made."""
     project = None
     for row in session.scalars(
         sa.select(LabelProject)
@@ -97,8 +121,7 @@ def ensure_project(
     pid = int(project["id"])
     if imagery_root is not None:
         _ensure_local_storage(client, pid, Path(imagery_root))
-    row_id = repo.upsert_label_project(session, client.url, pid, title)
-    return ProjectHandle(label_project_id=row_id, ls_project_id=pid, title=title, url=client.url, created=created)
+    return pid, created
 
 
 def _ensure_local_storage(client: LabelStudioClient, project_id: int, root: Path) -> None:

@@ -8,6 +8,13 @@ Idempotent, also after a crash between an import and its database write: before 
 listed once and any task whose ``data.item_id`` is pending is *reconciled* (recorded in the database) instead of being
 imported again. An item already pushed with an older model version gets the new pre-label added to its existing task.
 
+Exactly once across overlapping runs (design §9): before anything is imported, the pending items are claimed
+(``storage.claims.Lease``, kind ``"push"``, key ``(label project id, item id)``); items another live run holds, or has
+pushed since the work list was read, are skipped (``PushReport.skipped``). The project listing for reconciliation is
+read after the claim, so no live run is importing the items it reconciles; each batch's ``LabelTask`` rows are written
+with their claims released in one transaction. A run killed after an import leaves an expiring claim: the run that
+takes it over finds the task by ``item_id`` and records it instead of importing it again.
+
 Image URLs (:class:`ImageUrlResolver`): local files through a local-files storage per imagery root
 (``/data/local-files/?d=<path below the document root>``), ``s3://`` images as storage URIs that the project's S3
 source storage presigns at view time (:mod:`labeling.storages`), http(s) URLs unchanged.
@@ -30,7 +37,7 @@ from labeling.brush import mask_to_rle
 from labeling.client import LabelStudioClient, LabelStudioUnavailableError
 from labeling.polygons import prelabel_result
 from labeling.project import IMAGE_TO, MASK_FROM, TARGET_LABEL, ProjectHandle
-from storage import repo
+from storage import claims, repo
 from storage.blobs import BlobStore
 from storage.maskcodec import decode_mask
 from storage.models import Image, Item, Prediction
@@ -163,6 +170,9 @@ class PushReport:
     failed: list[tuple[int, str]] = field(default_factory=list)  # (item id, reason)
     requests: int = 0
     seconds: float = 0.0
+    skipped: int = 0  # items another run holds (a claim) or pushed since the work list was read
+    taken_over: int = 0  # items whose dead run's expired claim this push took over
+    seconds_claim: float = 0.0
 
     @property
     def tasks_per_second(self) -> float:
@@ -291,6 +301,7 @@ def _import_batch(
     tasks: list[dict[str, Any]],
     sent: list[PushJob],
     report: PushReport,
+    lease: claims.Lease | None = None,
 ) -> None:
     """Import one batch and record its tasks (reconciling by item_id after an import with an unknown outcome)."""
     try:
@@ -320,6 +331,8 @@ def _import_batch(
         session,
         [LabelTaskRecord(project.label_project_id, job.item_id, tid, job.prediction_id) for job, tid in pairs],
     )
+    if lease is not None:  # the claims go with the task records: both committed or neither
+        lease.release_in(session, [(project.label_project_id, job.item_id) for job, _ in pairs])
     session.commit()
     report.pushed += len(task_ids)
     log.info("push: %d tasks imported into project %d", len(task_ids), project.ls_project_id)
@@ -338,6 +351,7 @@ def push_predictions(
     overlap: bool = True,
     pending: Sequence[PushJob] | None = None,
     region_format: str = "brush",
+    lease_s: float = claims.DEFAULT_TTL_S,
 ) -> PushReport:
     """Push every prediction of ``model_version`` not yet in the project; commits after each batch.
 
@@ -346,6 +360,8 @@ def push_predictions(
     rows of ``repo.predictions_awaiting_push(session, project.label_project_id, model_version)`` when the caller has
     just read them (saves the query; ``limit`` is then not applied). ``region_format``: ``brush`` (RLE, exact) or
     ``polygon`` (editable vertices; see :mod:`labeling.polygons` for the tolerance and the holes limitation).
+    ``lease_s``: the claim lease (renewed while the push runs; see the module docstring). The session's open
+    transaction is committed before claiming.
     """
     if region_format not in ("brush", "polygon"):
         raise ValueError(f"region_format must be 'brush' or 'polygon', got {region_format!r}")
@@ -361,6 +377,63 @@ def push_predictions(
     if not pending:
         report.seconds = time.perf_counter() - t0
         return report
+    session.commit()  # no open write of this session while the lease writes on its own connection (SQLite)
+    lease = claims.Lease(
+        session.get_bind(),
+        "push",
+        [(project.label_project_id, job.item_id) for job in pending],
+        owner=claims.new_owner("push"),
+        ttl_s=lease_s,
+        verify=claims.unpushed({job.item_id: job.prediction_id for job in pending}),
+    )
+    with lease:
+        held = {int(k[1]) for k in lease.held}
+        report.skipped = len(lease.skipped) + len(lease.done)
+        report.taken_over = len(lease.taken_over)
+        report.seconds_claim = lease.claim_seconds
+        if report.skipped:
+            log.info("push: %d item(s) skipped: another run holds or has pushed them", report.skipped)
+        try:
+            _push_held(
+                client,
+                session,
+                blobs,
+                project,
+                model_version,
+                [j for j in pending if j.item_id in held],
+                image_url=image_url,
+                batch_size=batch_size,
+                overlap=overlap,
+                report=report,
+                lease=lease,
+                region_format=region_format,
+            )
+        except BaseException:
+            session.rollback()  # before the lease releases on its own connection
+            raise
+    report.requests = client.requests_made - req0
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _push_held(
+    client: LabelStudioClient,
+    session: Session,
+    blobs: BlobStore,
+    project: ProjectHandle,
+    model_version: str,
+    pending: list[PushJob],
+    *,
+    image_url: Callable[[str], str],
+    batch_size: int,
+    overlap: bool,
+    report: PushReport,
+    lease: claims.Lease,
+    region_format: str = "brush",
+) -> None:
+    """Reconcile and import the claimed ``pending`` jobs (the body of :func:`push_predictions`)."""
+    if not pending:  # everything held or pushed by other runs: not even the project listing is needed
+        return
     by_item = {job.item_id: job for job in pending}
 
     # Reconcile: tasks already in Label Studio for pending items (a crash after the import, before the DB write,
@@ -385,6 +458,7 @@ def push_predictions(
         report.reconciled += 1
     if records:
         repo.record_label_tasks(session, records)
+        lease.release_in(session, [(project.label_project_id, r.item_id) for r in records])
         session.commit()
 
     todo = list(by_item.values())
@@ -400,10 +474,7 @@ def push_predictions(
             report.failed.extend(failed)
             if not tasks:
                 continue
-            _import_batch(client, session, project, tasks, sent, report)
+            _import_batch(client, session, project, tasks, sent, report, lease)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    report.requests = client.requests_made - req0
-    report.seconds = time.perf_counter() - t0
-    return report

@@ -14,6 +14,7 @@ annotation     ls_annotation_id                verdict, mask blob, annotator, le
 triplet        annotation_id                   the accepted (image, query, mask); withdrawn when retracted
 snapshot       (name, version)                 an immutable benchmark version with its manifest hash
 snapshot_member (snapshot_id, triplet_id)      triplet id, split and the hashes frozen at snapshot time
+work_claim     (kind, key)                     a lease on a piece of work: owner, expiry (storage.claims)
 ============== =============================== =========================================================
 
 Masks are never stored in the database: the ``*_mask_sha256`` columns name a blob in the blob store
@@ -423,4 +424,18 @@ class SnapshotMember(Base):
     triplet: Mapped[Triplet] = relationship()
 
     __table_args__ = (sa.UniqueConstraint("snapshot_id", "triplet_id"),)
+
+
+class WorkClaim(Base):
+    """A lease on one piece of work (``kind`` + canonical ``key``), held by ``owner`` until ``expires_at``
+    (:mod:`storage.claims`). The row is deleted in the transaction that writes the work's result."""
+
+    __tablename__ = "work_claim"
+
+    kind: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(512), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(200))
+    previous_owner: Mapped[str | None] = mapped_column(sa.String(200))  # set when an expired lease was taken over
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
