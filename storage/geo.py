@@ -1,0 +1,348 @@
+"""Georeferenced outputs: mask GeoTIFFs, polygons, GeoJSON (EPSG:4326), GeoPackage (source CRS), stitched scenes.
+
+Inside the system masks stay in chip pixel space; this module georeferences them at the edges (design §10).
+
+* :class:`GeoRef` -- a raster's CRS (WKT as read, or None), affine transform and size. ``None`` CRS means pixel
+  outputs only: the mask GeoTIFF carries the pixel transform, polygons are in pixel coordinates and no GeoJSON /
+  GeoPackage is written for it (callers say so).
+* :func:`write_mask_geotiff` -- uint8 0/1, same CRS, transform and size as the source, COG layout (GDAL's COG driver,
+  DEFLATE, 512 px blocks).
+* :func:`mask_polygons` -- ``rasterio.features.shapes`` (4-connectivity) with the raster's transform, holes kept, all
+  parts kept as one MultiPolygon, then simplified with :data:`SIMPLIFY_TOLERANCE_PX` pixels (Douglas-Peucker,
+  topology preserved). **IoU guarantee**: the simplified polygon is rasterised back (pixel centres) and compared to
+  the mask; below :data:`MIN_IOU` (0.99) the tolerance is halved, down to no simplification at all, whose rasterised
+  polygon equals the mask exactly. So every polygon written has IoU >= 0.99 with its mask.
+* :func:`to_wgs84` -- geometries reprojected to EPSG:4326 by GDAL (``rasterio.warp.transform_geom``), lon/lat order
+  as RFC 7946 requires; written with GDAL's GeoJSON driver in ``RFC7946=YES`` mode.
+* :func:`write_gpkg` -- one layer per distinct CRS (a GeoPackage layer has one CRS; CRSs that GDAL finds equal, e.g.
+  the same EPSG code spelt as a code and as WKT, share a layer; different datum tags on the same grid do not).
+* :func:`stitch_scene_mask` -- chip masks OR-ed into one scene mask (**overlap rule: union of the accepted masks**: a
+  pixel is in the scene mask when any accepted chip mask covering it has it), written strip by strip so only one
+  strip and the chips crossing it are in memory; the result is converted to a COG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIMPLIFY_TOLERANCE_PX = 0.5
+MIN_IOU = 0.99
+WGS84 = "EPSG:4326"
+
+
+class GeoOutputError(ValueError):
+    """A georeferenced output that cannot be produced (no CRS where one is needed, bad geometry); one line."""
+
+
+@dataclass(frozen=True)
+class GeoRef:
+    """CRS WKT (None: pixel space), affine transform (6 numbers, GDAL/affine order a, b, c, d, e, f) and size."""
+
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    width: int
+    height: int
+
+    @property
+    def affine(self) -> Any:
+        from affine import Affine
+
+        return Affine(*self.transform[:6])
+
+    @property
+    def georeferenced(self) -> bool:
+        return bool(self.crs_wkt)
+
+    @property
+    def pixel_size(self) -> float:
+        a, b, _, d, e, _ = self.transform[:6]
+        return math.sqrt(abs(a * e - b * d))
+
+    @classmethod
+    def of_image(cls, image: Any) -> GeoRef:
+        """From an ``Image`` row (or anything with crs, transform, width, height); no transform -> pixel identity."""
+        t = tuple(image.transform) if image.transform else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        return cls(image.crs or None, tuple(float(v) for v in t[:6]), int(image.width), int(image.height))
+
+    def rasterio_crs(self) -> Any:
+        from rasterio.crs import CRS
+
+        return CRS.from_user_input(self.crs_wkt) if self.crs_wkt else None
+
+
+def write_mask_geotiff(mask: np.ndarray, georef: GeoRef, path: str | Path) -> Path:
+    """Write a bool/0-1 mask as a uint8 0/1 COG with the raster's CRS and transform; returns the path."""
+    import rasterio
+
+    m = np.asarray(mask)
+    if m.shape != (georef.height, georef.width):
+        raise GeoOutputError(f"mask shape {m.shape} differs from the raster size {(georef.height, georef.width)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile: dict[str, Any] = {"driver": "COG", "width": georef.width, "height": georef.height, "count": 1,
+                               "dtype": "uint8", "transform": georef.affine, "compress": "DEFLATE",
+                               "blocksize": 512, "overviews": "NONE"}
+    if georef.crs_wkt:
+        profile["crs"] = georef.rasterio_crs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NotGeoreferencedWarning for pixel-only masks
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write((m > 0).astype(np.uint8), 1)
+    return path
+
+
+# --- polygons -------------------------------------------------------------------------------------------------------
+
+
+def raw_polygons(mask: np.ndarray, transform: Any) -> Any:
+    """The mask's polygons exactly as ``rasterio.features.shapes`` traces them, as one shapely MultiPolygon."""
+    import shapely
+    from rasterio.features import shapes
+
+    m = np.asarray(mask).astype(np.uint8, copy=False)
+    polys = [shapely.geometry.shape(g) for g, v in shapes(m, mask=m > 0, transform=transform, connectivity=4) if v]
+    return shapely.MultiPolygon(polys) if polys else shapely.MultiPolygon()
+
+
+def rasterize_geometry(geom: Any, georef: GeoRef) -> np.ndarray:
+    """Pixels whose centres fall in ``geom`` (GDAL's default rasterisation), as a bool array of the raster's size."""
+    from rasterio.features import rasterize
+
+    if geom.is_empty:
+        return np.zeros((georef.height, georef.width), dtype=bool)
+    out = rasterize([(geom, 1)], out_shape=(georef.height, georef.width), transform=georef.affine, fill=0,
+                    dtype="uint8")
+    return out.astype(bool)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = np.logical_and(a, b).sum()
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(inter) / float(union)
+
+
+def mask_polygons(mask: np.ndarray, georef: GeoRef, tolerance_px: float = SIMPLIFY_TOLERANCE_PX,
+                  min_iou: float = MIN_IOU, verify: bool = True) -> Any:
+    """The mask as one (possibly empty) MultiPolygon in the raster's CRS units, simplified within IoU >= ``min_iou``.
+
+    See the module docstring. ``verify=False`` skips the rasterise-and-compare step (then only the tolerance holds).
+    """
+    import shapely
+
+    m = np.asarray(mask) > 0
+    raw = raw_polygons(m, georef.affine)
+    if raw.is_empty or tolerance_px <= 0:
+        return raw
+    tol = float(tolerance_px)
+    while tol >= 0.05:
+        simple = _as_multi(shapely.simplify(raw, tol * georef.pixel_size, preserve_topology=True))
+        if simple.is_valid and (not verify or iou(rasterize_geometry(simple, georef), m) >= min_iou):
+            return simple
+        tol /= 2
+    return raw
+
+
+def _as_multi(geom: Any) -> Any:
+    import shapely
+
+    if geom.geom_type == "MultiPolygon":
+        return geom
+    if geom.geom_type == "Polygon":
+        return shapely.MultiPolygon([geom])
+    parts = [g for g in getattr(geom, "geoms", []) if g.geom_type in ("Polygon", "MultiPolygon")]
+    flat = [p for g in parts for p in (g.geoms if g.geom_type == "MultiPolygon" else [g])]
+    return shapely.MultiPolygon(flat)
+
+
+def to_wgs84(geom: Any, crs_wkt: str) -> Any:
+    """``geom`` (in ``crs_wkt``) reprojected to EPSG:4326 in lon/lat order (RFC 7946)."""
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_geom
+
+    if not crs_wkt:
+        raise GeoOutputError("no CRS: a pixel-space geometry cannot be written as GeoJSON in EPSG:4326")
+    if geom.is_empty:
+        return geom
+    g = transform_geom(CRS.from_user_input(crs_wkt), WGS84, shapely.geometry.mapping(geom), precision=-1)
+    return _as_multi(shapely.geometry.shape(g))
+
+
+# --- vector files ---------------------------------------------------------------------------------------------------
+
+#: Attribute columns of the GeoPackage layers and GeoJSON features of ``export geo``, in order.
+FIELDS = ("triplet_id", "query", "level", "domain", "verdict", "annotator", "model_version", "scene", "chip_window",
+          "image_sha256")
+
+
+@dataclass
+class Feature:
+    geometry: Any  # shapely geometry in ``crs_wkt`` units
+    crs_wkt: str | None
+    properties: dict[str, Any]
+
+
+def write_geojson(features: Sequence[Feature], path: str | Path) -> Path:
+    """RFC 7946 GeoJSON (EPSG:4326, lon/lat) of the features that have a CRS; others are left out (pixel space)."""
+    import shapely
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feats = []
+    for f in features:
+        if not f.crs_wkt:
+            continue
+        g = to_wgs84(f.geometry, f.crs_wkt)
+        feats.append({"type": "Feature", "properties": _jsonable(f.properties),
+                      "geometry": None if g.is_empty else shapely.geometry.mapping(shapely.set_precision(g, 1e-9))})
+    doc = {"type": "FeatureCollection", "features": feats}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, separators=(",", ":"), default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating)):
+        return v.item()
+    if isinstance(v, tuple):
+        return list(v)
+    return str(v)
+
+
+def _jsonable(props: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in props.items()}
+
+
+def crs_groups(features: Iterable[Feature]) -> list[tuple[str, list[Feature]]]:
+    """Features grouped by CRS (GDAL's equality, not the WKT text); pixel-space features are left out."""
+    from rasterio.crs import CRS
+
+    groups: list[tuple[Any, str, list[Feature]]] = []
+    for f in features:
+        if not f.crs_wkt:
+            continue
+        c = CRS.from_user_input(f.crs_wkt)
+        for gc, _, members in groups:
+            if gc == c:
+                members.append(f)
+                break
+        else:
+            groups.append((c, f.crs_wkt, [f]))
+    return [(wkt, members) for _, wkt, members in groups]
+
+
+def write_gpkg(path: str | Path, layer: str, features: Sequence[Feature], fields: Sequence[str] = FIELDS) -> list[str]:
+    """Write ``layer`` (``layer``, ``layer_2``, ... for each further CRS) of MultiPolygons in their source CRS.
+
+    Returns the layer names written (none when no feature has a CRS). Appends layers to an existing GeoPackage.
+    """
+    import pyogrio.raw
+    import shapely
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = []
+    for n, (wkt, members) in enumerate(crs_groups(features), start=1):
+        name = layer if n == 1 else f"{layer}_{n}"
+        geoms = np.array([shapely.to_wkb(_as_multi(f.geometry)) for f in members], dtype=object)
+        field_data = [_column([f.properties.get(k) for f in members]) for k in fields]
+        pyogrio.raw.write(str(path), geoms, field_data, list(fields), layer=name, driver="GPKG",
+                          geometry_type="MultiPolygon", crs=wkt, append=False,
+                          promote_to_multi=True)
+        names.append(name)
+    return names
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return np.array(values, dtype=np.int64)
+    return np.array([None if v is None else (json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))
+                     for v in values], dtype=object)
+
+
+# --- stitching ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChipMask:
+    """A chip's window in the scene (col, row, width, height) and how to load its (height, width) bool mask."""
+
+    col: int
+    row: int
+    width: int
+    height: int
+    load: Callable[[], np.ndarray]
+
+
+def stitch_scene_mask(chips: Sequence[ChipMask], scene: GeoRef, path: str | Path, strip: int = 1024) -> Path:
+    """Union of the chip masks as one scene mask COG (module docstring); memory: one strip + the chips crossing it."""
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+    from rasterio.windows import Window
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for c in chips:
+        if c.col < 0 or c.row < 0 or c.col + c.width > scene.width or c.row + c.height > scene.height:
+            raise GeoOutputError(f"chip window {c.col},{c.row},{c.width},{c.height} lies outside the scene "
+                                 f"{scene.width}x{scene.height}")
+    strip = max(512, (int(strip) // 512) * 512)
+    order = sorted(chips, key=lambda c: (c.row, c.col))
+    profile: dict[str, Any] = {"driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1,
+                               "dtype": "uint8", "transform": scene.affine, "tiled": True, "blockxsize": 512,
+                               "blockysize": 512, "compress": "DEFLATE"}
+    if scene.crs_wkt:
+        profile["crs"] = scene.rasterio_crs()
+    fd, tmp_name = tempfile.mkstemp(suffix=".tif", dir=path.parent)
+    os.close(fd)
+    cache: dict[int, np.ndarray] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(tmp_name, "w", **profile) as dst:
+                for y0 in range(0, scene.height, strip):
+                    h = min(strip, scene.height - y0)
+                    buf = np.zeros((h, scene.width), dtype=np.uint8)
+                    for i, c in enumerate(order):
+                        if c.row >= y0 + h or c.row + c.height <= y0:
+                            continue
+                        m = cache.get(i)
+                        if m is None:
+                            m = np.asarray(c.load()).astype(bool, copy=False)
+                            if m.shape != (c.height, c.width):
+                                raise GeoOutputError(f"chip mask shape {m.shape} differs from its window "
+                                                     f"{c.width}x{c.height}")
+                            cache[i] = m
+                        r0, r1 = max(y0, c.row), min(y0 + h, c.row + c.height)
+                        buf[r0 - y0:r1 - y0, c.col:c.col + c.width] |= m[r0 - c.row:r1 - c.row]
+                        if c.row + c.height <= y0 + h:
+                            cache.pop(i, None)  # this chip ends in this strip
+                    dst.write(buf, 1, window=Window(0, y0, scene.width, h))
+                    del buf
+            rio_copy(tmp_name, str(path), driver="COG", compress="DEFLATE", blocksize=512, overviews="NONE")
+    finally:
+        os.unlink(tmp_name)
+    return path
+
+
+def dissolved_polygons(mask_path: str | Path, scene: GeoRef, tolerance_px: float = SIMPLIFY_TOLERANCE_PX) -> Any:
+    """The stitched scene mask's polygons (one trace of the union: dissolved), simplified as :func:`mask_polygons`.
+
+    ``scene`` is the scene's GeoRef as stored (its WKT as read), not the one GDAL re-derives from the file's keys.
+    """
+    import rasterio
+
+    with rasterio.open(mask_path) as ds:
+        m = ds.read(1) > 0
+    return mask_polygons(m, scene, tolerance_px)
