@@ -169,10 +169,15 @@ def register(app: typer.Typer) -> None:
         queries: str = typer.Option(..., "--queries", "-q", help="CSV or JSONL with image, query[, level, domain]."),
         bands: str | None = typer.Option(None, "--bands", help="1-based bands for R,G,B, e.g. 3,2,1 (Landsat 7)."),
         copy_images: bool = typer.Option(True, "--copy/--no-copy", help="Keep a copy of each image in the blob store."),
+        tile_size: int = typer.Option(1024, "--tile-size", min=0, help="Cut TIFF scenes larger than this into chips "
+                                      "of this size (edge chips shifted inside); 0: no tiling."),
+        tile_overlap: int = typer.Option(128, "--tile-overlap", min=0, help="Pixels shared by adjacent chips."),
+        max_chips: int | None = typer.Option(None, "--max-chips", min=1, help="Refuse scenes with more chips "
+                                             "(default GEOLABEL_MAX_CHIPS or 10000)."),
         data_dir: Path | None = _DATA_DIR,
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
-        """Register images (by content hash) and one item per query row."""
+        """Register images (by content hash) and one item per query row; large scenes become chips."""
         from flows.ingest import ingest_flow
 
         band_list = None
@@ -183,7 +188,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"--bands must be comma-separated integers, got {bands!r}") from None
         with _console().status("ingesting ..."):
             rep = ingest_flow(
-                source, queries, settings_overrides=overrides_for(data_dir), bands=band_list, copy_images=copy_images
+                source, queries, settings_overrides=overrides_for(data_dir), bands=band_list, copy_images=copy_images,
+                tile_size=tile_size, tile_overlap=tile_overlap, max_chips=max_chips,
             )
         if as_json:
             _print_json(rep.to_dict())

@@ -41,6 +41,7 @@ class QueryRow:
     level: str | None
     domain: str | None
     line: int
+    bbox: str | None = None  # scene rows only: chips intersecting minx,miny,maxx,maxy (scene CRS); flows.ingest_scenes
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class IngestReport:
     items_new: int = 0
     items_known: int = 0
     issues: tuple[IngestIssue, ...] = field(default_factory=tuple)
+    scenes: int = 0  # scenes cut into chips (their chips count as images above)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,7 +159,8 @@ def parse_queries(data: bytes | str, name: str = "<queries>") -> tuple[list[Quer
             issues.append(IngestIssue("query", name, f"duplicate of line {seen[key]} (same image and query)", n))
             continue
         seen[key] = n
-        rows.append(QueryRow(image=image, query=query, level=level, domain=domain, line=n))
+        bbox = str(obj.get("bbox") or "").strip() or None
+        rows.append(QueryRow(image=image, query=query, level=level, domain=domain, line=n, bbox=bbox))
     return rows, issues
 
 
@@ -306,6 +309,9 @@ def ingest_flow(
     bands: list[int] | None = None,
     copy_images: bool = True,
     batch_size: int = 32,
+    tile_size: int = 1024,
+    tile_overlap: int = 128,
+    max_chips: int | None = None,
 ) -> IngestReport:
     """Register every image under ``source`` and one item per valid row of ``queries``; see the module docstring."""
     from storage.sources import is_s3, list_images
@@ -318,7 +324,9 @@ def ingest_flow(
 
         check_within_roots(source, settings.imagery_roots)  # a clear error before anything is read
     client = _s3_client_for(rt) if is_s3(source) or is_s3(queries) else None
-    objects = list_images(source, client=client)
+    from flows import ingest_scenes as geo
+
+    objects = geo.http_objects(source) or list_images(source, client=client)
     rows, issues = load_queries(queries, client=client)
     log.info("ingest: %d image object(s) under %s, %d query row(s) in %s", len(objects), source, len(rows), queries)
 
@@ -328,18 +336,25 @@ def ingest_flow(
 
     extra = []
     for r in rows:
-        if (is_s3(r.image) or Path(r.image).is_absolute()) and r.image not in listed:
+        if (is_s3(r.image) or geo.is_http(r.image) or Path(r.image).is_absolute()) and r.image not in listed:
             extra.append(SourceObject(uri=r.image, name=r.image, size=0))
             listed.add(r.image)
     objects = objects + extra
 
     tb = tuple(bands) if bands else None
+    scene_objs, objects = geo.split_scenes(objects, tile_size, settings.s3_endpoint_url, image_roots(settings, source))
+    scene_futures = [
+        geo.register_scene_task.submit(settings_overrides, o, source, tb, tile_size, tile_overlap, max_chips)
+        for o in scene_objs
+    ]
     futures = [
         register_images_task.submit(settings_overrides, batch, source, tb, copy_images)
         for batch in chunks(objects, batch_size)
     ]
     registered: list[RegisteredImage] = [r for f in futures for r in f.result()]
-    issue_list = list(issues)
+    scenes = [f.result() for f in scene_futures]
+    issue_list = list(issues) + [IngestIssue("image", sc.uri, sc.error) for sc in scenes if sc.error]
+    by_scene = geo.scene_refs(scenes)
     by_ref: dict[str, RegisteredImage] = {}
     basename_count: dict[str, int] = {}
     for reg in registered:
@@ -358,7 +373,12 @@ def ingest_flow(
     pending: list[tuple[int, QueryRow]] = []
     for r in rows:
         reg = resolve_image(r, by_ref)
-        if reg is None:
+        if reg is None and (sc := by_scene.get(r.image)) is not None:
+            chip_rows, err = geo.scene_rows(r, sc)
+            pending.extend(chip_rows)
+            if err:
+                issue_list.append(IngestIssue("query", queries, err, r.line))
+        elif reg is None:
             hint = ""
             if basename_count.get(r.image, 0) > 1:
                 hint = " (several images share that file name: use the relative path)"
@@ -380,9 +400,10 @@ def ingest_flow(
                 items_known += 1
     ok = [r for r in registered if r.image_id is not None]
     report = IngestReport(
-        images_listed=len(objects),
-        images_new=sum(r.created for r in ok),
-        images_known=sum(not r.created for r in ok),
+        images_listed=len(objects) + len(scene_objs),
+        images_new=sum(r.created for r in ok) + sum(sc.created for sc in scenes),
+        images_known=sum(not r.created for r in ok) + sum(sc.known for sc in scenes),
+        scenes=sum(sc.error is None for sc in scenes),
         items_new=items_new,
         items_known=items_known,
         issues=tuple(issue_list),

@@ -121,7 +121,7 @@ def chip_transform(scene_transform: Sequence[float], window: ChipWindow) -> tupl
     """The chip's geotransform: the scene's, moved to the window's upper-left pixel (rotation/skew carried over)."""
     from affine import Affine
 
-    a = Affine(*scene_transform[:6]) * Affine.translation(window.col, window.row)
+    a = Affine(*scene_transform[:6]) @ Affine.translation(window.col, window.row)
     return tuple(float(v) for v in tuple(a)[:6])
 
 
@@ -434,7 +434,7 @@ def chip_footprint(scene_transform: Sequence[float], window: ChipWindow) -> Any:
 
     a = Affine(*scene_transform[:6])
     c0, r0, c1, r1 = window.col, window.row, window.col + window.width, window.row + window.height
-    return shapely.Polygon([a * (c0, r0), a * (c1, r0), a * (c1, r1), a * (c0, r1)])
+    return shapely.Polygon([a @ (c0, r0), a @ (c1, r0), a @ (c1, r1), a @ (c0, r1)])
 
 
 def register_scene(
