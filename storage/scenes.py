@@ -13,7 +13,7 @@ Tiling plan (:func:`plan_windows`)
 Reads (:func:`open_scene`)
     rasterio windowed reads only -- the scene is never decoded whole. Local paths, ``s3://bucket/key`` (GDAL's
     ``/vsis3``; ``AWS_S3_ENDPOINT``/``AWS_HTTPS``/``AWS_VIRTUAL_HOSTING`` from the configured S3 endpoint, credentials
-    from boto3's usual chain) and ``http(s)://`` COGs (``/vsicurl`` with range requests).
+    from boto3's usual chain through rasterio's ``AWSSession``) and ``http(s)://`` COGs (``/vsicurl``, range requests).
 Rendition (:func:`scene_stretch`, :func:`render_chip`)
     The band choice is :mod:`geoseg.imagery`'s (explicit ``bands``, else the red/green/blue tags, else the first three
     bands, else grey). uint8 bands are used as they are; other dtypes get a linear 2-98 % stretch whose limits come
@@ -166,25 +166,26 @@ def gdal_options(uri: str, s3_endpoint_url: str | None = None) -> dict[str, Any]
             opts["AWS_S3_ENDPOINT"] = p.netloc or p.path
             opts["AWS_HTTPS"] = "NO" if p.scheme == "http" else "YES"
             opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
-        opts["AWS_REGION"] = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-        creds = _boto_credentials()
-        if creds is None:
-            opts["AWS_NO_SIGN_REQUEST"] = "YES"
-        else:
-            opts["AWS_ACCESS_KEY_ID"], opts["AWS_SECRET_ACCESS_KEY"] = creds.access_key, creds.secret_key
-            if creds.token:
-                opts["AWS_SESSION_TOKEN"] = creds.token
     return opts
 
 
-def _boto_credentials() -> Any:
-    try:
-        import boto3
-
-        c = boto3.Session().get_credentials()
-        return c.get_frozen_credentials() if c is not None else None
-    except Exception:  # noqa: BLE001 - no usable credential chain: unsigned requests
+def gdal_session(uri: str, s3_endpoint_url: str | None = None) -> Any:
+    """rasterio's AWSSession for ``s3://`` (credentials from boto3's usual chain, unsigned when there are none)."""
+    if not str(uri).startswith("s3://"):
         return None
+    import boto3
+    from rasterio.session import AWSSession
+
+    endpoint = s3_endpoint_url or os.environ.get("GEOLABEL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    host = None
+    if endpoint:
+        p = urlparse(endpoint)
+        host = p.netloc or p.path
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    session = boto3.Session(region_name=region)
+    if session.get_credentials() is None:
+        return AWSSession(aws_unsigned=True, region_name=region, endpoint_url=host)
+    return AWSSession(session=session, endpoint_url=host)
 
 
 @contextlib.contextmanager
@@ -196,7 +197,8 @@ def open_scene(uri: str, s3_endpoint_url: str | None = None) -> Iterator[Any]:
     text = str(uri)
     if text.startswith("file://"):
         text = urlparse(text).path
-    with rasterio.Env(**gdal_options(text, s3_endpoint_url)), warnings.catch_warnings():
+    env = rasterio.Env(session=gdal_session(text, s3_endpoint_url), **gdal_options(text, s3_endpoint_url))
+    with env, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             ds = rasterio.open(text)
