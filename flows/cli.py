@@ -51,6 +51,7 @@ _COMMAND_MODULES: list[str] = [
     "flows.cli_flows",
     "flows.cli_labelstudio",
     "flows.cli_ml",
+    "flows.cli_geo",
 ]
 
 

@@ -346,3 +346,40 @@ def dissolved_polygons(mask_path: str | Path, scene: GeoRef, tolerance_px: float
     with rasterio.open(mask_path) as ds:
         m = ds.read(1) > 0
     return mask_polygons(m, scene, tolerance_px)
+
+
+def read_georef(path: str | Path) -> GeoRef | None:
+    """The raster's GeoRef (WKT as read), or None when it has neither a CRS nor a non-identity transform."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as ds:
+                if ds.crs is None and ds.transform.is_identity:
+                    return None
+                return GeoRef(ds.crs.to_wkt() if ds.crs else None, tuple(tuple(ds.transform)[:6]), ds.width,
+                              ds.height)
+    except RasterioIOError:
+        return None
+
+
+def write_prediction_outputs(image_path: str | Path, mask: np.ndarray, out_dir: str | Path, stem: str,
+                             properties: dict[str, Any]) -> tuple[dict[str, Path], str | None]:
+    """``geolabel predict`` on a georeferenced raster: ``<stem>.mask.tif`` (COG, source CRS/transform/size) and
+    ``<stem>.geojson`` (EPSG:4326, ``properties`` on the feature). Returns (paths, note); no CRS -> the GeoTIFF in
+    pixel space only and a note saying so; not georeferenced at all -> ({}, None)."""
+    georef = read_georef(image_path)
+    if georef is None:
+        return {}, None
+    m = np.asarray(mask)
+    if m.shape != (georef.height, georef.width):
+        return {}, f"mask {m.shape} does not match the raster {georef.height}x{georef.width}: no georeferenced output"
+    out = Path(out_dir)
+    paths = {"mask_geotiff": write_mask_geotiff(m, georef, out / f"{stem}.mask.tif")}
+    if not georef.georeferenced:
+        return paths, "the raster has no CRS: the mask GeoTIFF is in pixel space and no GeoJSON is written"
+    poly = mask_polygons(m, georef)
+    paths["geojson"] = write_geojson([Feature(poly, georef.crs_wkt, properties)], out / f"{stem}.geojson")
+    return paths, None

@@ -394,7 +394,8 @@ def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any
         try:
             arr = ds.read(list(info.chosen), window=win.to_rasterio(), masked=True)
         except RasterioError as exc:
-            raise SceneError(f"{info.uri}: cannot read chip window {win.text()}: {_one_line(exc)}") from None
+            raise SceneError(f"{info.uri}: cannot read chip window {win.text()} (corrupt block or truncated file?): "
+                             f"{_one_line(exc)}") from None
         t = chip_transform(info.transform, win)
         data = chip_bytes(render_chip(arr, stretch, colormap), t, info.crs_wkt, info.uri, win)
         if put is not None:
@@ -460,6 +461,8 @@ def register_scene(
     the (content-addressed) blob store first, and only when all of them succeeded are their rows inserted. A blob put
     before a failure stays unreferenced (harmless: same bytes, same key, next time).
     """
+    from rasterio.errors import RasterioError
+
     from geoseg.imagery import max_pixels_setting
 
     try:
@@ -479,6 +482,9 @@ def register_scene(
             chips = list(iter_chips(ds, info, windows, put=blobs.put if blobs is not None else None))
     except SceneError as exc:
         return RegisteredScene(name, uri, error=str(exc))
+    except RasterioError as exc:
+        return RegisteredScene(name, uri, error=f"{uri}: cannot read pixels (corrupt block or truncated file?): "
+                                                f"{_one_line(exc)}")
     except Exception as exc:  # GDAL/curl surfaces corrupt blocks and network faults as assorted errors
         return RegisteredScene(name, uri, error=f"{uri}: {type(exc).__name__}: {_one_line(exc)}")
     with session_factory() as s:
