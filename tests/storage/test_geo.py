@@ -11,6 +11,8 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
 
@@ -150,3 +152,17 @@ def test_stitch_union_of_chip_masks_and_dissolve(tmp_path):
     # dissolved: no two parts overlap (one trace of the union, not one polygon per chip)
     parts = list(poly.geoms)
     assert sum(p.area for p in parts) == pytest.approx(shapely.union_all(parts).area, rel=1e-9)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(0, 10_000), st.floats(0.2, 0.8), st.sampled_from(["utm", "epsg4326", "rotated"]))
+def test_simplified_polygons_rasterise_back_to_the_mask_exactly(seed, density, case):
+    """The tolerance argument of storage.geo on the worst case: salt-and-pepper masks full of 1 px parts, holes and
+    diagonal contacts -- valid geometry and the exact mask back (IoU 1.0 >= 0.99)."""
+    crs, t = CASES[case]
+    rng = np.random.default_rng(seed)
+    mask = rng.random((48, 40)) < density
+    georef = GeoRef(CRS.from_user_input(crs).to_wkt(), t, 40, 48)
+    poly = mask_polygons(mask, georef)
+    assert poly.is_valid
+    np.testing.assert_array_equal(rasterize_geometry(poly, georef), mask)
