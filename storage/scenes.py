@@ -21,9 +21,10 @@ Rendition (:func:`scene_stretch`, :func:`render_chip`)
     a fixed grid of ``STATS_GRID`` x ``STATS_GRID`` sample windows -- so adjacent chips look the same. Nodata pixels
     (every chosen band masked) are black.
 Chips (:func:`chip_bytes`)
-    A chip is stored as a small 3-band uint8 GeoTIFF (ZSTD) in the blob store, with its transform, the scene CRS and
-    the tags ``GEOLABEL_SCENE`` and ``GEOLABEL_WINDOW``, so identical pixels at two places (black nodata corners) are
-    still two chips. The encoding is deterministic: a re-ingest finds the same sha256, hence the same image rows.
+    A chip is stored as a small 3-band uint8 GeoTIFF (ZSTD level 1, horizontal predictor) in the blob store, with
+    its transform, the scene CRS and the tags ``GEOLABEL_SCENE`` and ``GEOLABEL_WINDOW``, so identical pixels at two
+    places (black nodata corners) are still two chips. The encoding is deterministic: a re-ingest finds the same
+    sha256, hence the same image rows.
 CRS
     Kept as the WKT rasterio reads (``crs.to_wkt()``); never reduced to a guessed EPSG code. A scene without a CRS is
     chipped in pixel space (chip transforms are pixel offsets; outputs are pixel-only). A CRS GDAL cannot parse into
@@ -308,40 +309,59 @@ def _stats_sample(ds: Any, info: SceneInfo) -> np.ma.MaskedArray:
     return np.ma.concatenate(parts, axis=2)
 
 
-def render_chip(arr: np.ma.MaskedArray, stretch: list[tuple[float, float]] | None, colormap: Any = None
-                ) -> np.ndarray:
-    """(bands, h, w) masked read -> (3, h, w) uint8 with the scene's stretch; nodata pixels black."""
-    valid = ~np.ma.getmaskarray(arr).all(axis=0)
-    raw = np.ma.getdata(arr)
+def stretch_lut(dtype: str, lo: float, hi: float) -> np.ndarray | None:
+    """For 8/16-bit integer bands, the stretch as a lookup table indexed by ``value - offset`` (None otherwise)."""
+    info = {"uint8": (0, 256), "int8": (-128, 256), "uint16": (0, 65536), "int16": (-32768, 65536)}.get(dtype)
+    if info is None or not hi > lo:
+        return None
+    offset, n = info
+    v = np.arange(offset, offset + n, dtype=np.float64)
+    return np.rint(np.clip((v - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def render_chip(arr: np.ndarray, stretch: list[tuple[float, float]] | None, colormap: Any = None,
+                valid: np.ndarray | None = None) -> np.ndarray:
+    """(bands, h, w) read -> (3, h, w) uint8 with the scene's stretch; pixels not ``valid`` (nodata) black.
+
+    ``arr`` may be a masked array (its mask gives ``valid``: a pixel is nodata when every chosen band is masked).
+    8/16-bit integers go through a lookup table (one gather per band), other dtypes through float32 arithmetic;
+    both give ``rint(clip((v - lo) / (hi - lo), 0, 1) * 255)``.
+    """
+    if isinstance(arr, np.ma.MaskedArray):
+        valid = ~np.ma.getmaskarray(arr).all(axis=0)
+        arr = np.ma.getdata(arr)
+    raw = arr
     if colormap is not None:
         lut = np.zeros((256, 3), dtype=np.uint8)
         for k, v in colormap.items():
             if 0 <= k < 256:
                 lut[k] = v[:3]
         rgb = lut[raw[0].astype(np.int64).clip(0, 255)].transpose(2, 0, 1)
-        rgb[:, ~valid] = 0
+        if valid is not None:
+            rgb[:, ~valid] = 0
         return np.ascontiguousarray(rgb)
     planes = []
     for i in range(raw.shape[0]):
         b = raw[i]
         if stretch is None:
             p = b.astype(np.uint8, copy=False) if b.dtype != np.bool_ else b.astype(np.uint8) * 255
+        elif not stretch[i][1] > stretch[i][0]:
+            p = np.zeros(b.shape, dtype=np.uint8)
+        elif (lut := stretch_lut(str(b.dtype), *stretch[i])) is not None:
+            p = lut[b - np.iinfo(b.dtype).min] if np.iinfo(b.dtype).min else lut[b]
         else:
             lo, hi = stretch[i]
-            if not hi > lo:
-                p = np.zeros(b.shape, dtype=np.uint8)
-            else:
-                f = b.astype(np.float32)
-                f -= np.float32(lo)
-                f *= np.float32(255.0 / (hi - lo))
-                np.clip(f, 0, 255, out=f)
-                np.nan_to_num(f, copy=False, nan=0.0)
-                p = np.rint(f, out=f).astype(np.uint8)
+            f = b.astype(np.float32)
+            f -= np.float32(lo)
+            f *= np.float32(255.0 / (hi - lo))
+            np.clip(f, 0, 255, out=f)
+            np.nan_to_num(f, copy=False, nan=0.0)
+            p = np.rint(f, out=f).astype(np.uint8)
         planes.append(p)
     if len(planes) == 1:
         planes = planes * 3
     out = np.stack(planes)
-    if not valid.all():
+    if valid is not None and not valid.all():
         out[:, ~valid] = 0
     return out
 
@@ -356,7 +376,7 @@ def chip_bytes(rgb: np.ndarray, transform: Sequence[float], crs_wkt: str | None,
     _, h, w = rgb.shape
     profile: dict[str, Any] = {"driver": "GTiff", "width": w, "height": h, "count": 3, "dtype": "uint8",
                                "transform": Affine(*transform[:6]), "compress": "ZSTD", "zstd_level": 1,
-                               "photometric": "RGB"}
+                               "predictor": 2, "photometric": "RGB"}
     if crs_wkt:
         profile["crs"] = rasterio.crs.CRS.from_wkt(crs_wkt)
     if w % 16 == 0 and h % 16 == 0 and min(w, h) >= 256:
@@ -382,7 +402,7 @@ class Chip:
 
 def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any = None) -> Iterator[Chip]:
     """Read, render, encode and (``put(bytes)``) store each window in turn; one chip in memory at a time."""
-    from rasterio.enums import ColorInterp
+    from rasterio.enums import ColorInterp, MaskFlags
     from rasterio.errors import RasterioError
 
     stretch = scene_stretch(ds, info)
@@ -390,17 +410,17 @@ def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any
     if len(info.chosen) == 1 and ds.colorinterp[info.chosen[0] - 1] == ColorInterp.palette:
         with contextlib.suppress(ValueError):
             colormap = ds.colormap(info.chosen[0])
+    all_valid = all(MaskFlags.all_valid in ds.mask_flag_enums[b - 1] for b in info.chosen)
     for win in windows:
-        try:
-            arr = ds.read(list(info.chosen), window=win.to_rasterio(), masked=True)
+        try:  # masked reads only where the file has nodata or a mask band (they cost a mask per band)
+            arr = ds.read(list(info.chosen), window=win.to_rasterio(), masked=not all_valid)
         except RasterioError as exc:
             raise SceneError(f"{info.uri}: cannot read chip window {win.text()} (corrupt block or truncated file?): "
                              f"{_one_line(exc)}") from None
         t = chip_transform(info.transform, win)
         data = chip_bytes(render_chip(arr, stretch, colormap), t, info.crs_wkt, info.uri, win)
-        if put is not None:
-            put(data)
-        yield Chip(hashlib.sha256(data).hexdigest(), win, t, len(data))
+        sha = put(data) if put is not None else hashlib.sha256(data).hexdigest()
+        yield Chip(sha, win, t, len(data))
 
 
 # --- registration ---------------------------------------------------------------------------------------------------

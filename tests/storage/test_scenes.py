@@ -167,3 +167,21 @@ def test_scene_without_crs_and_rotated_scene(blob_store, tmp_path):
     assert b.chip_ids((x - 1, y - 1, x + 1, y + 1)) == [i for i, w in b.chips]  # both chips touch that corner
     far = b.chip_ids((0.0, 0.0, 1.0, 1.0))
     assert far == []
+
+
+def test_render_lookup_table_matches_the_stretch_formula_and_nodata_is_black():
+    from storage.scenes import render_chip
+
+    rng = np.random.default_rng(1)
+    for dtype in ("uint16", "int16"):
+        info = np.iinfo(dtype)
+        a = rng.integers(info.min, info.max, size=(3, 40, 50), endpoint=True).astype(dtype)
+        stretch = [(-1200.5, 3000.0), (10.0, 20000.0), (5.0, 5.0)]
+        got = render_chip(a, stretch)
+        for i, (lo, hi) in enumerate(stretch):
+            want = (np.zeros(a[i].shape, np.uint8) if hi <= lo else
+                    np.rint(np.clip((a[i].astype(np.float64) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8))
+            np.testing.assert_array_equal(got[i], want)
+    masked = np.ma.masked_equal(np.stack([np.arange(12, dtype=np.uint16).reshape(3, 4)] * 3), 0)
+    out = render_chip(masked, [(0.0, 11.0)] * 3)
+    assert out[:, 0, 0].tolist() == [0, 0, 0] and out[:, 2, 3].tolist() == [255, 255, 255]
