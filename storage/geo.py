@@ -13,9 +13,10 @@ Inside the system masks stay in chip pixel space; this module georeferences them
   0.5 px from them; Douglas-Peucker keeps every simplified ring within the tolerance of the traced one (both ways), so
   with a tolerance under 0.5 px no ring sweeps across a pixel centre and rasterising the simplified polygon at pixel
   centres (GDAL's default, ``all_touched=False``) gives back the mask exactly. (It removes the staircase vertices
-  of nearly straight runs: ~15 % of all vertices on the benchmark's masks.) A part that comes out invalid (possible only where a ring touches itself or a neighbour
-  at a vertex, :func:`has_vertex_contacts`) is replaced by its exact trace. Larger tolerances are
-  checked by rasterising (:func:`rasterize_geometry`) and fall back to the exact trace below :data:`MIN_IOU`.
+  of nearly straight runs: ~15 % of all vertices on the benchmark's masks.) A part that touches itself or
+  a neighbour at a vertex (:func:`vertex_contacts`) is kept exactly as traced, so the result is valid without a
+  validity check. Larger tolerances are checked by rasterising (:func:`rasterize_geometry`) and fall back to the
+  exact trace below :data:`MIN_IOU`.
 * :func:`to_wgs84` -- geometries reprojected to EPSG:4326 by GDAL (``rasterio.warp.transform_geom``), lon/lat order
   as RFC 7946 requires; written as a FeatureCollection without a ``crs`` member (RFC 7946: always WGS 84).
 * :func:`write_gpkg` -- one layer per distinct CRS (a GeoPackage layer has one CRS; CRSs that GDAL finds equal, e.g.
@@ -109,17 +110,16 @@ def write_mask_geotiff(mask: np.ndarray, georef: GeoRef, path: str | Path) -> Pa
 # --- polygons -------------------------------------------------------------------------------------------------------
 
 
-def raw_polygons(mask: np.ndarray, transform: Any) -> Any:
-    """The mask's polygons exactly as ``rasterio.features.shapes`` traces them (4-connectivity, holes as interior
-    rings), as one shapely MultiPolygon built in one vectorised call (``shapely.from_ragged_array``)."""
+def trace_parts(mask: np.ndarray) -> np.ndarray:
+    """The mask's polygons as ``rasterio.features.shapes`` traces them (4-connectivity, holes as interior rings), in
+    pixel coordinates (x = column, y = row), as an array of shapely Polygons built in one vectorised call."""
     import shapely
     from rasterio.features import shapes
 
     valid = np.asarray(mask).astype(bool, copy=False)
-    m = valid.view(np.uint8)
-    geoms = [g["coordinates"] for g, v in shapes(m, mask=valid, transform=transform, connectivity=4) if v]
+    geoms = [g["coordinates"] for g, v in shapes(valid.view(np.uint8), mask=valid, connectivity=4) if v]
     if not geoms:
-        return shapely.MultiPolygon()
+        return np.empty(0, dtype=object)
     rings = [r for g in geoms for r in g]
     n = sum(len(r) for r in rings)
     flat = itertools.chain.from_iterable(itertools.chain.from_iterable(rings))
@@ -128,8 +128,26 @@ def raw_polygons(mask: np.ndarray, transform: Any) -> Any:
     ring_off[1:] = np.cumsum([len(r) for r in rings])
     poly_off = np.zeros(len(geoms) + 1, dtype=np.int64)
     poly_off[1:] = np.cumsum([len(g) for g in geoms])
-    parts = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_off, poly_off))
-    return shapely.multipolygons(parts)
+    return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_off, poly_off)))
+
+
+def apply_transform(geoms: Any, transform: Any) -> Any:
+    """Pixel-space geometries moved by the affine ``transform`` (rotation/skew included), vectorised -- the same
+    numbers ``shapes(..., transform=transform)`` computes point by point."""
+    import shapely
+
+    a, b, c, d, e, f = tuple(transform)[:6]
+    m = np.array([[a, d], [b, e]], dtype=np.float64)
+    off = np.array([c, f], dtype=np.float64)
+    return shapely.transform(geoms, lambda xy: xy @ m + off)
+
+
+def raw_polygons(mask: np.ndarray, transform: Any) -> Any:
+    """The exact trace of the mask as one MultiPolygon in the CRS of ``transform``."""
+    import shapely
+
+    parts = trace_parts(mask)
+    return shapely.multipolygons(apply_transform(parts, transform)) if len(parts) else shapely.MultiPolygon()
 
 
 def rasterize_geometry(geom: Any, georef: GeoRef) -> np.ndarray:
@@ -153,38 +171,43 @@ def mask_polygons(mask: np.ndarray, georef: GeoRef, tolerance_px: float = SIMPLI
                   min_iou: float = MIN_IOU, verify: bool = False) -> Any:
     """The mask as one (possibly empty) valid MultiPolygon in the raster's CRS units, simplified (module docstring).
 
-    ``tolerance_px`` below 0.5 keeps the pixel-centre rasterisation identical to the mask (IoU 1.0); larger
-    tolerances, or ``verify=True``, rasterise the result and fall back to the exact trace below ``min_iou``.
+    Simplification runs in pixel units before the transform. Parts that touch themselves or another part at a vertex
+    (:func:`vertex_contacts`) are kept exactly as traced; every other part is at least 1 px from everything else, so
+    its simplified rings (within 0.45 px) stay simple and disjoint: no validity check is needed. Tolerances of 0.5 px
+    or more, or ``verify=True``, rasterise the result and fall back to the exact trace below ``min_iou``.
     """
     import shapely
 
-    m = np.asarray(mask) > 0
-    raw = raw_polygons(m, georef.affine)
-    if raw.is_empty or tolerance_px <= 0:
-        return raw
-    parts = np.asarray(shapely.get_parts(raw))
-    simple = shapely.simplify(parts, float(tolerance_px) * georef.pixel_size, preserve_topology=False)
-    out = shapely.multipolygons(simple)
-    if has_vertex_contacts(m) and not shapely.is_valid(out):  # near a ring touching itself/a neighbour at a vertex
-        ok = shapely.is_valid(simple) & ~shapely.is_empty(simple) & (shapely.get_type_id(simple) == 3)
-        out = shapely.multipolygons(np.where(ok, simple, parts))
-        if not shapely.is_valid(out):
-            return raw
+    m = np.asarray(mask).astype(bool, copy=False)
+    parts = trace_parts(m)
+    if not len(parts):
+        return shapely.MultiPolygon()
+    if tolerance_px <= 0:
+        return shapely.multipolygons(apply_transform(parts, georef.affine))
+    simple = shapely.simplify(parts, float(tolerance_px), preserve_topology=False)
+    keep = shapely.is_empty(simple) | (shapely.get_type_id(simple) != 3)
+    contacts = vertex_contacts(m)
+    if len(contacts):
+        tree = shapely.STRtree(parts)
+        keep[np.unique(tree.query(shapely.points(contacts))[1])] = True
+    if keep.any():
+        simple = np.where(keep, parts, simple)
+    out = shapely.multipolygons(apply_transform(simple, georef.affine))
     if (verify or tolerance_px >= 0.5) and iou(rasterize_geometry(out, georef), m) < min_iou:
-        return raw
+        return raw_polygons(m, georef.affine)
     return out
 
 
-def has_vertex_contacts(mask: np.ndarray) -> bool:
-    """Whether some 2x2 block is a checkerboard (diagonal pixels alike, the other diagonal different): the only
-    places where traced rings touch themselves or each other at a vertex. Without one, every two non-adjacent ring
-    edges are at least 1 px apart, so 0.45 px bands around them cannot meet and the simplified rings stay simple
-    and disjoint -- the validity check is skipped."""
+def vertex_contacts(mask: np.ndarray) -> np.ndarray:
+    """Pixel-corner points (x, y) where a 2x2 block is a checkerboard (one diagonal set, the other not): the only
+    places where traced rings touch themselves or each other at a vertex. Everywhere else two non-adjacent ring
+    edges are at least 1 px apart, so 0.45 px bands around them cannot meet."""
     m = np.asarray(mask, dtype=bool)
     if m.shape[0] < 2 or m.shape[1] < 2:
-        return False
+        return np.empty((0, 2))
     a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
-    return bool(((a == d) & (b == c) & (a != b)).any())
+    rr, cc = np.nonzero((a == d) & (b == c) & (a != b))
+    return np.column_stack([cc + 1.0, rr + 1.0])
 
 
 def _as_multi(geom: Any) -> Any:
