@@ -184,8 +184,7 @@ def mask_polygons(mask: np.ndarray, georef: GeoRef, tolerance_px: float = SIMPLI
         return shapely.MultiPolygon()
     if tolerance_px <= 0:
         return shapely.multipolygons(apply_transform(parts, georef.affine))
-    simple = shapely.simplify(parts, float(tolerance_px), preserve_topology=False)
-    keep = shapely.is_empty(simple) | (shapely.get_type_id(simple) != 3)
+    simple, keep = simplify_rings(parts, float(tolerance_px))
     contacts = vertex_contacts(m)
     if len(contacts):
         tree = shapely.STRtree(parts)
@@ -198,6 +197,30 @@ def mask_polygons(mask: np.ndarray, georef: GeoRef, tolerance_px: float = SIMPLI
     return out
 
 
+def simplify_rings(parts: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Douglas-Peucker on every ring of ``parts`` (as lines: no ``buffer(0)`` repair, which GEOS applies to polygons
+    and which costs as much again), polygons rebuilt in one vectorised call. Returns (polygons, keep) where ``keep``
+    marks parts whose simplified ring came out degenerate (fewer than 4 points); the caller keeps those as traced."""
+    import shapely
+
+    rings = shapely.get_rings(parts)
+    n_rings = shapely.get_num_interior_rings(parts) + 1
+    coords, idx = shapely.get_coordinates(shapely.simplify(rings, tolerance, preserve_topology=False),
+                                          return_index=True)
+    counts = np.bincount(idx, minlength=len(rings))
+    ring_off = np.zeros(len(rings) + 1, dtype=np.int64)
+    ring_off[1:] = np.cumsum(counts)
+    poly_off = np.zeros(len(parts) + 1, dtype=np.int64)
+    poly_off[1:] = np.cumsum(n_rings)
+    bad_ring = counts < 4
+    keep = np.zeros(len(parts), dtype=bool)
+    if bad_ring.any():  # not expected below 0.5 px (a ring around a pixel centre cannot collapse); guarded anyway
+        owner = np.repeat(np.arange(len(parts)), n_rings)
+        keep[np.unique(owner[bad_ring])] = True
+        return parts, keep
+    return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_off, poly_off))), keep
+
+
 def vertex_contacts(mask: np.ndarray) -> np.ndarray:
     """Pixel-corner points (x, y) where a 2x2 block is a checkerboard (one diagonal set, the other not): the only
     places where traced rings touch themselves or each other at a vertex. Everywhere else two non-adjacent ring
@@ -206,7 +229,10 @@ def vertex_contacts(mask: np.ndarray) -> np.ndarray:
     if m.shape[0] < 2 or m.shape[1] < 2:
         return np.empty((0, 2))
     a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
-    rr, cc = np.nonzero((a == d) & (b == c) & (a != b))
+    k = (a ^ b) & (c ^ d) & (a ^ c)  # b = c = not a, d = a
+    if not k.any():
+        return np.empty((0, 2))
+    rr, cc = np.nonzero(k)
     return np.column_stack([cc + 1.0, rr + 1.0])
 
 
