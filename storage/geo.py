@@ -12,11 +12,11 @@ Inside the system masks stay in chip pixel space; this module georeferences them
   **Why IoU stays >= 0.99 (in fact 1.0)**: the traced rings run along pixel edges, so every pixel centre is at least
   0.5 px from them; Douglas-Peucker keeps every simplified ring within the tolerance of the traced one (both ways), so
   with a tolerance under 0.5 px no ring sweeps across a pixel centre and rasterising the simplified polygon at pixel
-  centres (GDAL's default, ``all_touched=False``) gives back the mask exactly. (It removes the staircase vertices
-  of nearly straight runs: ~15 % of all vertices on the benchmark's masks.) A part that touches itself or
-  a neighbour at a vertex (:func:`vertex_contacts`) is kept exactly as traced, so the result is valid without a
-  validity check. Larger tolerances are checked by rasterising (:func:`rasterize_geometry`) and fall back to the
-  exact trace below :data:`MIN_IOU`.
+  centres (GDAL's default, ``all_touched=False``) gives back the mask exactly. (It removes the staircase vertices of
+  nearly straight runs: ~15 % of all vertices on the benchmark's masks.) A part that touches itself or a neighbour at
+  a vertex (a shared vertex, :func:`trace_parts`) is kept exactly as traced, so the result is valid without a validity
+  check. Larger tolerances are checked by rasterising (:func:`rasterize_geometry`) and fall back to the exact trace
+  below :data:`MIN_IOU`.
 * :func:`to_wgs84` -- geometries reprojected to EPSG:4326 by GDAL (``rasterio.warp.transform_geom``), lon/lat order
   as RFC 7946 requires; written as a FeatureCollection without a ``crs`` member (RFC 7946: always WGS 84).
 * :func:`write_gpkg` -- one layer per distinct CRS (a GeoPackage layer has one CRS; CRSs that GDAL finds equal, e.g.
@@ -110,25 +110,50 @@ def write_mask_geotiff(mask: np.ndarray, georef: GeoRef, path: str | Path) -> Pa
 # --- polygons -------------------------------------------------------------------------------------------------------
 
 
-def trace_parts(mask: np.ndarray) -> np.ndarray:
+def trace_parts(mask: np.ndarray, with_contacts: bool = False) -> Any:
     """The mask's polygons as ``rasterio.features.shapes`` traces them (4-connectivity, holes as interior rings), in
-    pixel coordinates (x = column, y = row), as an array of shapely Polygons built in one vectorised call."""
+    pixel coordinates (x = column, y = row), as an array of shapely Polygons built in one vectorised call.
+
+    ``with_contacts``: also return a bool per part, True where one of its vertices is also a vertex of another ring
+    or appears twice in its own rings -- the parts that touch something at a vertex (a 2x2 checkerboard of pixels;
+    everywhere else non-adjacent ring edges are at least 1 px apart).
+    """
     import shapely
     from rasterio.features import shapes
 
     valid = np.asarray(mask).astype(bool, copy=False)
     geoms = [g["coordinates"] for g, v in shapes(valid.view(np.uint8), mask=valid, connectivity=4) if v]
     if not geoms:
-        return np.empty(0, dtype=object)
+        empty = np.empty(0, dtype=object)
+        return (empty, np.zeros(0, dtype=bool)) if with_contacts else empty
     rings = [r for g in geoms for r in g]
-    n = sum(len(r) for r in rings)
+    ring_len = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
+    n = int(ring_len.sum())
     flat = itertools.chain.from_iterable(itertools.chain.from_iterable(rings))
     coords = np.fromiter(flat, dtype=np.float64, count=2 * n).reshape(n, 2)
     ring_off = np.zeros(len(rings) + 1, dtype=np.int64)
-    ring_off[1:] = np.cumsum([len(r) for r in rings])
+    ring_off[1:] = np.cumsum(ring_len)
+    n_rings = np.fromiter((len(g) for g in geoms), dtype=np.int64, count=len(geoms))
     poly_off = np.zeros(len(geoms) + 1, dtype=np.int64)
-    poly_off[1:] = np.cumsum([len(g) for g in geoms])
-    return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_off, poly_off)))
+    poly_off[1:] = np.cumsum(n_rings)
+    parts = np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_off, poly_off)))
+    if not with_contacts:
+        return parts
+    open_pt = np.ones(n, dtype=bool)
+    open_pt[ring_off[1:] - 1] = False  # each ring's closing point repeats its first
+    width = int(valid.shape[1]) + 2
+    keys = (coords[:, 1].astype(np.int64) * width + coords[:, 0].astype(np.int64))[open_pt]
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    dup = np.zeros(len(sk), dtype=bool)
+    same = sk[1:] == sk[:-1]
+    dup[1:] |= same
+    dup[:-1] |= same
+    touch = np.zeros(len(parts), dtype=bool)
+    if dup.any():
+        owner = np.repeat(np.repeat(np.arange(len(parts)), n_rings), ring_len)[open_pt]
+        touch[np.unique(owner[order[dup]])] = True
+    return parts, touch
 
 
 def apply_transform(geoms: Any, transform: Any) -> Any:
@@ -171,24 +196,22 @@ def mask_polygons(mask: np.ndarray, georef: GeoRef, tolerance_px: float = SIMPLI
                   min_iou: float = MIN_IOU, verify: bool = False) -> Any:
     """The mask as one (possibly empty) valid MultiPolygon in the raster's CRS units, simplified (module docstring).
 
-    Simplification runs in pixel units before the transform. Parts that touch themselves or another part at a vertex
-    (:func:`vertex_contacts`) are kept exactly as traced; every other part is at least 1 px from everything else, so
-    its simplified rings (within 0.45 px) stay simple and disjoint: no validity check is needed. Tolerances of 0.5 px
-    or more, or ``verify=True``, rasterise the result and fall back to the exact trace below ``min_iou``.
+    Simplification runs in pixel units before the transform. Parts that touch themselves or another part at a vertex (a
+    shared vertex, see :func:`trace_parts`) are kept exactly as traced; every other part is at least 1 px from
+    everything else, so its simplified rings (within 0.45 px) stay simple and disjoint: no validity check is needed.
+    Tolerances of 0.5 px or more, or ``verify=True``, rasterise the result and fall back to the exact trace below
+    ``min_iou``.
     """
     import shapely
 
     m = np.asarray(mask).astype(bool, copy=False)
-    parts = trace_parts(m)
+    parts, touch = trace_parts(m, with_contacts=True)
     if not len(parts):
         return shapely.MultiPolygon()
     if tolerance_px <= 0:
         return shapely.multipolygons(apply_transform(parts, georef.affine))
     simple, keep = simplify_rings(parts, float(tolerance_px))
-    contacts = vertex_contacts(m)
-    if len(contacts):
-        tree = shapely.STRtree(parts)
-        keep[np.unique(tree.query(shapely.points(contacts))[1])] = True
+    keep |= touch
     if keep.any():
         simple = np.where(keep, parts, simple)
     out = shapely.multipolygons(apply_transform(simple, georef.affine))
@@ -219,21 +242,6 @@ def simplify_rings(parts: np.ndarray, tolerance: float) -> tuple[np.ndarray, np.
         keep[np.unique(owner[bad_ring])] = True
         return parts, keep
     return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_off, poly_off))), keep
-
-
-def vertex_contacts(mask: np.ndarray) -> np.ndarray:
-    """Pixel-corner points (x, y) where a 2x2 block is a checkerboard (one diagonal set, the other not): the only
-    places where traced rings touch themselves or each other at a vertex. Everywhere else two non-adjacent ring
-    edges are at least 1 px apart, so 0.45 px bands around them cannot meet."""
-    m = np.asarray(mask, dtype=bool)
-    if m.shape[0] < 2 or m.shape[1] < 2:
-        return np.empty((0, 2))
-    a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
-    k = (a ^ b) & (c ^ d) & (a ^ c)  # b = c = not a, d = a
-    if not k.any():
-        return np.empty((0, 2))
-    rr, cc = np.nonzero(k)
-    return np.column_stack([cc + 1.0, rr + 1.0])
 
 
 def _as_multi(geom: Any) -> Any:
