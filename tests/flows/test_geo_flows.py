@@ -157,3 +157,9 @@ def test_tiled_ingest_and_export_geo(prefect_harness, tmp_path, monkeypatch, cap
     assert len(doc["features"]) == 5 and {f["properties"]["triplet_id"] for f in doc["features"]} == set(l1)
     lon, lat = shapely.geometry.shape(doc["features"][0]["geometry"]).centroid.coords[0]
     assert 14 < lon < 16 and 41 < lat < 43  # UTM 33N scene near 15 E, 42 N: lon first
+    # COCO keeps working on chips, and its images carry scene + window
+    assert run(["export", "coco", str(tmp_path / "coco")]) == 0, capsys.readouterr().err
+    coco = json.loads((tmp_path / "coco" / "instances.json").read_text())
+    wins = sorted(tuple(i["window"]) for i in coco["images"] if i.get("scene") == str(scene))
+    assert wins == [(0, 0, 1024, 1024), (0, 76, 1024, 1024), (476, 0, 1024, 1024), (476, 76, 1024, 1024)]
+    assert len(coco["annotations"]) == 6
