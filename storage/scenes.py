@@ -21,7 +21,7 @@ Rendition (:func:`scene_stretch`, :func:`render_chip`)
     a fixed grid of ``STATS_GRID`` x ``STATS_GRID`` sample windows -- so adjacent chips look the same. Nodata pixels
     (every chosen band masked) are black.
 Chips (:func:`chip_bytes`)
-    A chip is stored as a small 3-band uint8 GeoTIFF (ZSTD level 1, horizontal predictor) in the blob store, with
+    A chip is stored as a small 3-band uint8 GeoTIFF (ZSTD level 1) in the blob store, with
     its transform, the scene CRS and the tags ``GEOLABEL_SCENE`` and ``GEOLABEL_WINDOW``, so identical pixels at two
     places (black nodata corners) are still two chips. The encoding is deterministic: a re-ingest finds the same
     sha256, hence the same image rows.
@@ -376,7 +376,7 @@ def chip_bytes(rgb: np.ndarray, transform: Sequence[float], crs_wkt: str | None,
     _, h, w = rgb.shape
     profile: dict[str, Any] = {"driver": "GTiff", "width": w, "height": h, "count": 3, "dtype": "uint8",
                                "transform": Affine(*transform[:6]), "compress": "ZSTD", "zstd_level": 1,
-                               "predictor": 2, "photometric": "RGB"}
+                               "photometric": "RGB"}
     if crs_wkt:
         profile["crs"] = rasterio.crs.CRS.from_wkt(crs_wkt)
     if w % 16 == 0 and h % 16 == 0 and min(w, h) >= 256:
@@ -400,8 +400,15 @@ class Chip:
     nbytes: int
 
 
-def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any = None) -> Iterator[Chip]:
-    """Read, render, encode and (``put(bytes)``) store each window in turn; one chip in memory at a time."""
+def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any = None, pipeline: bool = True
+               ) -> Iterator[Chip]:
+    """Read, render, encode and (``put(bytes)``) store each window in turn, yielding chips in window order.
+
+    ``pipeline``: the next window is read (GDAL, GIL released) while a worker thread renders, encodes and stores the
+    previous one; at most two chips are in memory. The dataset is only ever used from the calling thread.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from rasterio.enums import ColorInterp, MaskFlags
     from rasterio.errors import RasterioError
 
@@ -411,16 +418,34 @@ def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any
         with contextlib.suppress(ValueError):
             colormap = ds.colormap(info.chosen[0])
     all_valid = all(MaskFlags.all_valid in ds.mask_flag_enums[b - 1] for b in info.chosen)
-    for win in windows:
+
+    def read(win: ChipWindow) -> Any:
         try:  # masked reads only where the file has nodata or a mask band (they cost a mask per band)
-            arr = ds.read(list(info.chosen), window=win.to_rasterio(), masked=not all_valid)
+            return ds.read(list(info.chosen), window=win.to_rasterio(), masked=not all_valid)
         except RasterioError as exc:
             raise SceneError(f"{info.uri}: cannot read chip window {win.text()} (corrupt block or truncated file?): "
                              f"{_one_line(exc)}") from None
+
+    def finish(win: ChipWindow, arr: Any) -> Chip:
         t = chip_transform(info.transform, win)
         data = chip_bytes(render_chip(arr, stretch, colormap), t, info.crs_wkt, info.uri, win)
         sha = put(data) if put is not None else hashlib.sha256(data).hexdigest()
-        yield Chip(sha, win, t, len(data))
+        return Chip(sha, win, t, len(data))
+
+    if not pipeline:
+        for win in windows:
+            yield finish(win, read(win))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-encode") as pool:
+        pending = None
+        for win in windows:
+            arr = read(win)
+            if pending is not None:
+                yield pending.result()
+            pending = pool.submit(finish, win, arr)
+            del arr
+        if pending is not None:
+            yield pending.result()
 
 
 # --- registration ---------------------------------------------------------------------------------------------------
