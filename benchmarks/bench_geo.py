@@ -41,6 +41,14 @@ TILE, OVERLAP = 1024, 128
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: ``VmHWM`` (reset at exec, unlike ``ru_maxrss``, which a child inherits from the
+    parent it was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -106,12 +114,10 @@ def part_ingest(scene: str) -> dict:
 
 
 def part_bare(scene: str) -> dict:
-    import rasterio
-
-    from storage.scenes import plan_windows
+    from storage.scenes import open_scene, plan_windows
 
     t0 = time.perf_counter()
-    with rasterio.open(scene) as ds:
+    with open_scene(scene) as ds:  # plain rasterio.open inside the same GDAL config (block cache size) as ingest
         wins = plan_windows(ds.width, ds.height, TILE, OVERLAP)
         for w in wins:
             ds.read(window=w.to_rasterio())

@@ -61,6 +61,10 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 #: Extensions tried as scenes (everything else is ingested whole, as before).
 SCENE_EXTENSIONS = (".tif", ".tiff", ".gtiff")
 CHIP_SUFFIX = "#chip="
+#: GDAL block cache for scene reads, MB (env ``GEOLABEL_GDAL_CACHEMAX``).
+GDAL_CACHEMAX_MB = 256
+#: Threads rendering + encoding chips while the calling thread reads the next windows.
+ENCODE_WORKERS = 1
 
 
 class SceneError(ValueError):
@@ -153,6 +157,8 @@ def is_remote(uri: str) -> bool:
 def gdal_options(uri: str, s3_endpoint_url: str | None = None) -> dict[str, Any]:
     """GDAL config for reading ``uri``: S3 endpoint/HTTPS/path-style for ``s3://``, curl limits for http(s)."""
     opts: dict[str, Any] = {
+        # GDAL's block cache (default 5 % of RAM): enough for a row of chips' shared blocks, bounded on any machine
+        "GDAL_CACHEMAX": int(os.environ.get("GEOLABEL_GDAL_CACHEMAX") or GDAL_CACHEMAX_MB) * 1024 * 1024,  # bytes
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # no directory listing to find sidecar files
         "GDAL_HTTP_TIMEOUT": os.environ.get("GEOLABEL_HTTP_TIMEOUT", "30"),
         "GDAL_HTTP_CONNECTTIMEOUT": "10",
@@ -404,8 +410,9 @@ def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any
                ) -> Iterator[Chip]:
     """Read, render, encode and (``put(bytes)``) store each window in turn, yielding chips in window order.
 
-    ``pipeline``: the next window is read (GDAL, GIL released) while a worker thread renders, encodes and stores the
-    previous one; at most two chips are in memory. The dataset is only ever used from the calling thread.
+    ``pipeline``: the next window is read (GDAL, GIL released) while :data:`ENCODE_WORKERS` threads render, encode
+    and store the previous ones; at most ``ENCODE_WORKERS + 1`` chips are in memory. The dataset is only ever used
+    from the calling thread.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -436,16 +443,18 @@ def iter_chips(ds: Any, info: SceneInfo, windows: Sequence[ChipWindow], put: Any
         for win in windows:
             yield finish(win, read(win))
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chip-encode") as pool:
-        pending = None
+    from collections import deque
+
+    with ThreadPoolExecutor(max_workers=ENCODE_WORKERS, thread_name_prefix="chip-encode") as pool:
+        pending: deque[Any] = deque()
         for win in windows:
             arr = read(win)
-            if pending is not None:
-                yield pending.result()
-            pending = pool.submit(finish, win, arr)
+            pending.append(pool.submit(finish, win, arr))
             del arr
-        if pending is not None:
-            yield pending.result()
+            if len(pending) > ENCODE_WORKERS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 # --- registration ---------------------------------------------------------------------------------------------------
