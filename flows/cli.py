@@ -50,6 +50,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flows.cli_storage",
     "flows.cli_prefect",
     "flows.dispatch_cli",  # geolabel deploy / dispatch (scale-out on a work pool)
+    "flows.cli_geo",
 )
 
 

@@ -74,16 +74,28 @@ def ingest(
     copy_images: Annotated[
         bool, typer.Option("--copy/--no-copy", help="Keep a copy of each image in the blob store.")
     ] = True,
+    tile_size: Annotated[
+        int,
+        typer.Option("--tile-size", min=0, help="Cut TIFF scenes larger than this into chips of this size (edge chips "
+                     "shifted inside); 0: no tiling."),
+    ] = 1024,
+    tile_overlap: Annotated[int, typer.Option("--tile-overlap", min=0, help="Pixels shared by adjacent chips.")] = 128,
+    max_chips: Annotated[
+        int | None,
+        typer.Option("--max-chips", min=1, help="Refuse scenes with more chips (default GEOLABEL_MAX_CHIPS or 10000).",
+                     show_default=False),
+    ] = None,
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
-    """Register images (by content hash) and one item per query row."""
+    """Register images (by content hash) and one item per query row; large scenes become chips."""
     from flows.ingest import ingest_flow
 
     band_list = _parse_bands(bands)
     with console().status("ingesting ..."):
         rep = ingest_flow(
-            source, queries, settings_overrides=overrides_for(data_dir), bands=band_list, copy_images=copy_images
+            source, queries, settings_overrides=overrides_for(data_dir), bands=band_list, copy_images=copy_images,
+            tile_size=tile_size, tile_overlap=tile_overlap, max_chips=max_chips,
         )
     if as_json:
         print_json(rep.to_dict())

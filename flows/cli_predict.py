@@ -109,7 +109,16 @@ def register(app: typer.Typer) -> None:
             "image_info": loaded.facts(),
             "meaningless": pipeline.meaningless,
         }
-        paths = write_outputs(out, f"{Path(image).stem}__{slug(query)}", loaded.rgb, result, extra)
+        stem = f"{Path(image).stem}__{slug(query)}"
+        paths = write_outputs(out, stem, loaded.rgb, result, extra)
+        if loaded.format == "GTiff":  # georeferenced outputs (storage.geo): mask COG + GeoJSON in EPSG:4326
+            from storage.geo import write_prediction_outputs
+
+            geo_paths, note = write_prediction_outputs(
+                image, result.mask, out, stem, {"query": query, "model_version": result.model_version})
+            paths.update(geo_paths)
+            if note:
+                typer.echo(f"note: {note}", err=True)
         if as_json:
             typer.echo(paths["json"].read_text())
             return

@@ -47,6 +47,7 @@ class IngestReport:
     items_new: int = 0
     items_known: int = 0
     issues: tuple[IngestIssue, ...] = field(default_factory=tuple)
+    scenes: int = 0  # scenes cut into chips (their chips count as images above)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -84,6 +85,9 @@ def ingest_flow(
     bands: list[int] | None = None,
     copy_images: bool = True,
     batch_size: int = 32,
+    tile_size: int = 1024,
+    tile_overlap: int = 128,
+    max_chips: int | None = None,
 ) -> IngestReport:
     """Register every image under ``source`` and one item per valid row of ``queries``; see the module docstring."""
     from storage.sources import check_within_roots, is_s3, list_images
@@ -94,12 +98,19 @@ def ingest_flow(
     if settings.imagery_roots and not is_s3(source):
         check_within_roots(source, settings.imagery_roots)  # a clear error before anything is read
     client = _s3_client_for(rt) if is_s3(source) or is_s3(queries) else None
-    objects = list_images(source, client=client)
+    from flows import ingest_scenes as geo
+
+    objects = geo.http_objects(source) or list_images(source, client=client)
     rows, issues = load_queries(queries, client=client)
     log.info("ingest: %d image object(s) under %s, %d query row(s) in %s", len(objects), source, len(rows), queries)
     objects = objects + named_objects(rows, objects)  # full URIs / absolute paths named by the queries file
 
     tb = tuple(bands) if bands else None
+    scene_objs, objects = geo.split_scenes(objects, tile_size, settings.s3_endpoint_url, image_roots(settings, source))
+    scene_futures = [
+        geo.register_scene_task.submit(settings_overrides, o, source, tb, tile_size, tile_overlap, max_chips)
+        for o in scene_objs
+    ]
     futures = [
         register_images_task.submit(settings_overrides, batch, source, tb, copy_images)
         for batch in chunks(objects, batch_size)
@@ -109,8 +120,13 @@ def ingest_flow(
     image_issues = index.image_issues()
     for i in image_issues:
         log.warning("ingest: skipped image %s: %s", i.ref, i.message)
-    pending, row_issues = index.match(rows, source, queries)
-    issue_list = [*issues, *image_issues, *row_issues]
+    scenes = [f.result() for f in scene_futures]
+    by_scene = geo.scene_refs(scenes)
+    pending, row_issues = index.match(
+        rows, source, queries, fallback=lambda r: geo.scene_rows(r, by_scene[r.image]) if r.image in by_scene else None
+    )
+    scene_issues = [IngestIssue("image", sc.uri, sc.error) for sc in scenes if sc.error]
+    issue_list = [*issues, *scene_issues, *image_issues, *row_issues]
     item_futures = [register_items_task.submit(settings_overrides, b) for b in chunks(pending, 256)]
     items_new = items_known = 0
     for f in item_futures:
@@ -123,9 +139,10 @@ def ingest_flow(
                 items_known += 1
     ok = [r for r in registered if r.image_id is not None]
     report = IngestReport(
-        images_listed=len(objects),
-        images_new=sum(r.created for r in ok),
-        images_known=sum(not r.created for r in ok),
+        images_listed=len(objects) + len(scene_objs),
+        images_new=sum(r.created for r in ok) + sum(sc.created for sc in scenes),
+        images_known=sum(not r.created for r in ok) + sum(sc.known for sc in scenes),
+        scenes=sum(sc.error is None for sc in scenes),
         items_new=items_new,
         items_known=items_known,
         issues=tuple(issue_list),

@@ -14,7 +14,7 @@ Functions take a *store*: any object with ``settings`` (:class:`storage.settings
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -152,7 +152,8 @@ def named_objects(rows: Iterable[QueryRow], objects: list[SourceObject]) -> list
     listed = {o.uri for o in objects}
     extra: list[SourceObject] = []
     for r in rows:
-        if (is_s3(r.image) or Path(r.image).is_absolute()) and r.image not in listed:
+        named_uri = is_s3(r.image) or r.image.startswith(("http://", "https://")) or Path(r.image).is_absolute()
+        if named_uri and r.image not in listed:
             extra.append(SourceObject(uri=r.image, name=r.image, size=0))
             listed.add(r.image)
     return extra
@@ -178,14 +179,28 @@ class ImageIndex:
     def image_issues(self) -> list[IngestIssue]:
         return [IngestIssue("image", r.uri, r.error) for r in self.registered if r.error]
 
-    def match(self, rows: Iterable[QueryRow], source: str, queries: str) -> tuple[list[tuple[int, QueryRow]],
-                                                                                list[IngestIssue]]:
-        """(image id, row) for every row whose image is registered; an issue (with its line) for every other row."""
+    def match(
+        self,
+        rows: Iterable[QueryRow],
+        source: str,
+        queries: str,
+        fallback: Callable[[QueryRow], tuple[list[tuple[int, QueryRow]], str | None] | None] | None = None,
+    ) -> tuple[list[tuple[int, QueryRow]], list[IngestIssue]]:
+        """(image id, row) for every row whose image is registered; an issue (with its line) for every other row.
+
+        ``fallback(row)``, for a row naming no registered image, may give that row's (image id, row) pairs and an
+        error (a row naming a scene: one pair per chip, ``flows.ingest_scenes.scene_rows``), or None."""
         pending: list[tuple[int, QueryRow]] = []
         issues: list[IngestIssue] = []
         for r in rows:
             reg = resolve_image(r, self.by_ref)
-            if reg is None:
+            got = fallback(r) if reg is None and fallback is not None else None
+            if got is not None:
+                more, err = got
+                pending.extend(more)
+                if err:
+                    issues.append(IngestIssue("query", queries, err, r.line))
+            elif reg is None:
                 hint = ""
                 if self.basename_count.get(r.image, 0) > 1:
                     hint = " (several images share that file name: use the relative path)"

@@ -197,6 +197,12 @@ class Image(Base):
     format: Mapped[str | None] = mapped_column(sa.String(32))
     source: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # a chip of a scene (storage.scenes, migration 0003): scene URI and size, the chip's pixel window offset
+    scene_uri: Mapped[str | None] = mapped_column(sa.Text, index=True)
+    scene_width: Mapped[int | None]
+    scene_height: Mapped[int | None]
+    window_col: Mapped[int | None]
+    window_row: Mapped[int | None]
 
     items: Mapped[list[Item]] = relationship(back_populates="image")
 

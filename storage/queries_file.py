@@ -30,6 +30,7 @@ class QueryRow:
     level: str | None
     domain: str | None
     line: int
+    bbox: str | None = None  # scene rows only: chips intersecting minx,miny,maxx,maxy (scene CRS); flows.ingest_scenes
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ def query_row(obj: dict[str, Any], line: int) -> QueryRow:
     domain = str(obj.get("domain") or "").strip()
     if len(domain) > 64:
         raise ValueError(f"domain longer than 64 characters: {domain[:40]!r}...")
-    return QueryRow(image=image, query=query, level=level, domain=normalise_domain(domain), line=line)
+    bbox = str(obj.get("bbox") or "").strip() or None
+    return QueryRow(image=image, query=query, level=level, domain=normalise_domain(domain), line=line, bbox=bbox)
 
 
 def parse_queries(data: bytes | str, name: str = "<queries>") -> tuple[list[QueryRow], list[IngestIssue]]:

@@ -6,7 +6,7 @@ Format (COCO "instances" + RefCOCO-style referring expressions)::
       "info": {..., "filters": {...}, "no_target_doc": "..."},
       "licenses": [],
       "categories": [{"id": 1, "name": "target", "supercategory": "referring"}],
-      "images": [{"id", "file_name", "width", "height", "source_uri", "sha256"}],
+      "images": [{"id", "file_name", "width", "height", "source_uri", "sha256"[, "scene", "window"]}],
       "annotations": [{"id", "image_id", "category_id": 1, "segmentation": {"size": [H, W], "counts": str},
                        "area", "bbox": [x, y, w, h], "iscrowd": 0,
                        "query", "level", "domain", "phrase", "verdict", "model_version", "mask_sha256",
@@ -170,7 +170,8 @@ def _export_queries(t_ids: Any, nt_ids: Any) -> tuple[Any, Any]:
             sa.select(Item.image_id).join(Annotation, Annotation.item_id == Item.id)
             .where(Annotation.id.in_(sa.select(nt_ids.c.id))))
     image_q = (
-        sa.select(Image.id, Image.sha256, Image.uri, Image.width, Image.height, Image.format)
+        sa.select(Image.id, Image.sha256, Image.uri, Image.width, Image.height, Image.format, Image.scene_uri,
+                  Image.window_col, Image.window_row)
         .where(Image.id.in_(image_ids)).order_by(Image.id)
     )
     ann_q = (
@@ -203,6 +204,8 @@ def _write_images(fh: IO[str], session: Session, image_q: Any, out: Path, images
         name = image_file_name(row.sha256, row.uri, row.format)
         entry = {"id": row.id, "file_name": name, "width": row.width, "height": row.height,
                  "source_uri": row.uri, "sha256": row.sha256}
+        if row.scene_uri:  # a chip of a scene (storage.scenes): its scene and [col, row, width, height]
+            entry.update(scene=row.scene_uri, window=[row.window_col, row.window_row, row.width, row.height])
         fh.write(("\n" if n.images == 0 else ",\n") + json.dumps(entry))
         n.images += 1
         if images != "none":
