@@ -6,13 +6,18 @@ history and artifacts live in ``<data_dir>/prefect/prefect.db`` and its UI at th
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from flows.cli_common import DataDir, Json, print_json
+
+app = typer.Typer()
 prefect_app = typer.Typer(help="The data dir's local Prefect server (run history, artifacts, UI).",
                           no_args_is_help=True)
-DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: GEOLABEL_DATA_DIR or ./.geolabel).")
+app.add_typer(prefect_app, name="prefect")
 
 
 def _server(data_dir: Path | None):  # -> flows.prefect_server.PrefectServer
@@ -24,29 +29,36 @@ def _server(data_dir: Path | None):  # -> flows.prefect_server.PrefectServer
 
 @prefect_app.command("start")
 def start(
-    timeout: float = typer.Option(180.0, help="Seconds to wait until its API answers."),
-    data_dir: Path | None = DATA_DIR,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait until its API answers.")] = 180.0,
+    data_dir: DataDir = None,
+    as_json: Json = False,
 ) -> None:
     """Start the local Prefect server (or find it running) and print its UI URL."""
-    for line in _server(data_dir).start(timeout=timeout).lines():
+    _echo(_server(data_dir).start(timeout=timeout), as_json)
+
+
+def _echo(st, as_json: bool) -> None:  # noqa: ANN001 - flows.prefect_server.PrefectStatus
+    if as_json:
+        print_json(asdict(st))
+        return
+    for line in st.lines():
         typer.echo(line)
 
 
 @prefect_app.command("stop")
-def stop(data_dir: Path | None = DATA_DIR) -> None:
+def stop(data_dir: DataDir = None, as_json: Json = False) -> None:
     """Stop the local Prefect server (its process group); its database is kept."""
-    typer.echo("stopped" if _server(data_dir).stop() else "not running")
+    stopped = _server(data_dir).stop()
+    if as_json:
+        print_json({"stopped": bool(stopped)})
+        return
+    typer.echo("stopped" if stopped else "not running")
 
 
 @prefect_app.command("status")
-def status(data_dir: Path | None = DATA_DIR) -> None:
+def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     """Whether the local Prefect server runs, its UI and API URLs."""
     st = _server(data_dir).status()
-    for line in st.lines():
-        typer.echo(line)
+    _echo(st, as_json)
     if not st.running:
         raise typer.Exit(1)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(prefect_app, name="prefect")

@@ -10,6 +10,8 @@ import typer
 from flows.cli_common import (
     DataDir,
     Json,
+    Profile,
+    Project,
     overrides_for,
     print_json,
     runtime_for,
@@ -35,10 +37,11 @@ def check_data_dir(path: Path) -> None:
 
 def cmd_init(data_dir: Path | None, models: bool) -> dict[str, Any]:
     """Check the data dir, create the schema (and the tiny models); returns settings, models and row counts."""
+    from flows.runtime import settings_from
     from flows.status import collect_status
 
+    check_data_dir(settings_from({"data_dir": str(data_dir)} if data_dir else None).data_dir)  # before anything writes
     settings = settings_for(data_dir)
-    check_data_dir(settings.data_dir)
     rt = runtime_for(data_dir)
     out: dict[str, Any] = {"settings": settings.describe()}
     if models:
@@ -244,3 +247,45 @@ def doctor(
             typer.echo(f"[{c.status:>4}] {c.name}: {c.detail}" + (f"\n       -> {c.fix}" if c.fix else ""))
     if any(c.status == FAIL for c in checks):
         raise typer.Exit(1)
+
+
+@app.command("project")
+def project_cmd(
+    project: Project = None,
+    overlap: Annotated[
+        int | None,
+        typer.Option("--overlap", min=1, help="Annotators per task (Label Studio's maximum_annotations); with 2 or "
+                     "more, items are decided by consensus and disputed ones go to adjudication.", show_default=False),
+    ] = None,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option("--min-agreement", min=0.0, max=1.0, help="Agreement below which an item goes to the "
+                     "adjudication project (default 0.5).", show_default=False),
+    ] = None,
+    label_stream: Annotated[
+        str | None,
+        typer.Option("--label-stream", help="uncertainty: least certain pre-labels first, under-filled GeoSeg-Bench "
+                     "strata before full ones; sequential: Label Studio's default order.", show_default=False),
+    ] = None,
+    profile: Profile = "tiny",
+    data_dir: DataDir = None,
+    as_json: Json = False,
+) -> None:
+    """Configure the review project: annotators per task, the consensus threshold, the label stream's order."""
+    from flows.labeling_flows import configure_project
+    from geoseg.registry import model_version_of
+
+    mv = model_version_of(profile) if label_stream == "uncertainty" else None
+    out = configure_project(runtime_for(data_dir), project, overlap=overlap, min_agreement=min_agreement,
+                            label_stream=label_stream, model_version=mv)
+    if as_json:
+        print_json(out)
+        return
+    typer.echo(f"project {out['project']}")
+    if "consensus" in out:
+        c = out["consensus"]
+        typer.echo(f"  {c['overlap']} annotator(s) per task; adjudication below agreement {c['min_agreement']}")
+    if out.get("label_stream") == "uncertainty":
+        typer.echo(f"  label stream: uncertainty ({mv}); {out['scores_written']} queue score(s) written")
+    elif out.get("label_stream"):
+        typer.echo("  label stream: sequential")

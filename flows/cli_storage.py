@@ -8,24 +8,29 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from flows.cli_common import DataDir, Json, print_json, settings_for
+
+app = typer.Typer()
 storages_app = typer.Typer(help="Label Studio storage connections for task images (no expiring links).",
                            no_args_is_help=True)
+app.add_typer(storages_app, name="storages")
 
-DATA_DIR = typer.Option(None, "--data-dir", help="Data directory (default: GEOLABEL_DATA_DIR or ./.geolabel).")
-PROJECT = typer.Option(None, "--project", help="Project title (repeatable; default: every project on the server).")
-JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+Projects = Annotated[
+    list[str] | None,
+    typer.Option("--project", help="Project title (repeatable; default: every project on the server).",
+                 show_default=False),
+]
 
 
 def _context(data_dir: Path | None):  # -> (settings, client)
-    from flows.runtime import settings_from
     from labeling.client import LabelStudioClient
 
-    settings = settings_from({"data_dir": str(data_dir)} if data_dir else None)
+    settings = settings_for(data_dir)
     return settings, LabelStudioClient.from_settings(settings)
 
 
@@ -43,14 +48,16 @@ def _projects(client, titles: list[str] | None) -> list[dict]:  # noqa: ANN001 -
 
 @storages_app.command("migrate")
 def migrate(
-    project: list[str] | None = PROJECT,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would change; change nothing."),
-    presign_ttl: int = typer.Option(15, "--presign-ttl", min=1, help="Minutes a view-time presigned link lives."),
-    as_json: bool = JSON,
-    data_dir: Path | None = DATA_DIR,
+    project: Projects = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would change; change nothing.")] = False,
+    presign_ttl: Annotated[
+        int, typer.Option("--presign-ttl", min=1, help="Minutes a view-time presigned link lives.")
+    ] = 15,
+    data_dir: DataDir = None,
+    as_json: Json = False,
 ) -> None:
     """Move tasks from expiring presigned links to storage URIs, in place; ensure the storages they need."""
-    from flows.labeling_flows import DISPLAY_DIR, imagery_root
+    from labeling.display import DISPLAY_DIR, imagery_root
     from labeling.storages import S3Connection, migrate_project_images
 
     settings, client = _context(data_dir)
@@ -70,13 +77,13 @@ def migrate(
                 for tid, why in rep.failed[:20]:
                     typer.echo(f"  task {tid}: {why}")
     if as_json:
-        typer.echo(json.dumps(out, indent=2))
+        print_json(out)
     if any(v["failed"] for v in out.values()):
         raise typer.Exit(1)
 
 
 @storages_app.command("list")
-def list_storages(project: list[str] | None = PROJECT, as_json: bool = JSON, data_dir: Path | None = DATA_DIR) -> None:
+def list_storages(project: Projects = None, data_dir: DataDir = None, as_json: Json = False) -> None:
     """The local-files and S3 storages of the projects (no credentials shown)."""
     from labeling.storages import s3_storages
 
@@ -91,12 +98,8 @@ def list_storages(project: list[str] | None = PROJECT, as_json: bool = JSON, dat
                       "presign_ttl_min": s.get("presign_ttl")} for s in s3_storages(client, pid)]
             out[p["title"]] = rows
     if as_json:
-        typer.echo(json.dumps(out, indent=2))
+        print_json(out)
         return
     for title, rows in out.items():
         typer.echo(f"{title}: " + ("; ".join(
             f"{r['type']} {r.get('path') or 's3://' + str(r['bucket']) + '/' + r['prefix']}" for r in rows) or "none"))
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(storages_app, name="storages")

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.logs import get_logger
 from flows.prefect_server import publish_report
 from flows.runtime import Runtime, open_runtime, settings_from
+from storage import repo
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,46 @@ def review_project(client: Any, session: Any, settings: Any, title: str | None) 
     handle = ensure_project(client, session, title, imagery_root=imagery_root(settings))
     session.commit()
     return handle
+
+
+def configure_project(
+    rt: Runtime,
+    project_title: str | None = None,
+    *,
+    overlap: int | None = None,
+    min_agreement: float | None = None,
+    label_stream: str | None = None,
+    model_version: str | None = None,
+) -> dict[str, Any]:
+    """Set the review project's annotators per task (``overlap``, Label Studio's ``maximum_annotations``) and
+    consensus threshold (``min_agreement``; storage.consensus), and its label stream: ``uncertainty`` serves the
+    least certain pre-labels of ``model_version`` first, under-filled GeoSeg-Bench strata before full ones
+    (labeling.priority); ``sequential`` restores Label Studio's default order. Returns what was set."""
+    from labeling.priority import configure_label_stream
+    from labeling.project import configure_consensus, configure_sampling
+
+    if label_stream not in (None, "uncertainty", "sequential"):
+        raise ValueError(f"label stream must be 'uncertainty' or 'sequential', got {label_stream!r}")
+    if label_stream == "uncertainty" and not model_version:
+        raise ValueError("the uncertainty label stream ranks the pre-labels of one model version: give it")
+    out: dict[str, Any] = {}
+    with label_studio_client(rt.settings) as client, rt.session() as session:
+        handle = review_project(client, session, rt.settings, project_title)
+        out["project"] = f"{handle.url}/projects/{handle.ls_project_id}"
+        if overlap is not None or min_agreement is not None:
+            current = repo.project_consensus(session, handle.label_project_id) if overlap is None else None
+            configure_consensus(client, session, handle, overlap=overlap if overlap is not None else current[0],
+                                min_agreement=min_agreement)
+            session.commit()
+            out["consensus"] = dict(zip(("overlap", "min_agreement"),
+                                        repo.project_consensus(session, handle.label_project_id), strict=True))
+        if label_stream == "uncertainty":
+            out["scores_written"] = configure_label_stream(client, session, handle, str(model_version))
+            out["label_stream"] = "uncertainty"
+        elif label_stream == "sequential":
+            configure_sampling(client, handle, model_version or "", "sequential")
+            out["label_stream"] = "sequential"
+    return out
 
 
 def push(rt: Runtime, model_version: str, project_title: str | None = None, batch_size: int = 200) -> PushSummary:

@@ -18,7 +18,11 @@ def normalise_map(phi: np.ndarray) -> np.ndarray | None:
     lo, hi = float(phi.min()), float(phi.max())
     if hi - lo <= 0.0:
         return None
-    return (phi - lo) * np.float32(1.0 / (hi - lo))
+    scale = 1.0 / (hi - lo)
+    if scale < float(np.finfo(np.float32).max):
+        return (phi - lo) * np.float32(scale)
+    # a range below float32's normal numbers (e.g. 6.6e-40): its inverse overflows float32, so scale in float64
+    return ((phi.astype(np.float64) - lo) * scale).astype(np.float32)
 
 
 def topk_nms_keypoints(

@@ -3,6 +3,7 @@ or, for the plain ``alembic`` command, from ``GEOLABEL_DATABASE_URL`` / the sett
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import context
 
 from storage.db import make_engine
@@ -59,7 +60,7 @@ def _run(conn) -> None:  # noqa: ANN001
         _configure(conn)
         with context.begin_transaction():
             if conn.dialect.name == "postgresql":  # two processes upgrading at once: the second waits, then sees head
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_ID})
             if sqlite:  # pysqlite opens a transaction only before DML: without this, DDL before it would autocommit
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # and a failed or killed migration would leave half a table
             context.run_migrations()

@@ -67,7 +67,7 @@ def inert_cell(value: Any) -> Any:
     return value
 
 
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -279,16 +279,16 @@ def write_report(
         raise ValueError("the evaluation run has no samples")
     meaningless = any(r.meaningless for r in runs.values())
 
-    csvs = [_write_csv(out / "samples.csv", [dict(run=r.label, **row) for r in runs.values()
+    csvs = [write_csv(out / "samples.csv", [dict(run=r.label, **row) for r in runs.values()
                                              for row in outcomes_table(r.outcomes)])]
-    csvs.append(_write_csv(out / "summary.csv", [row for r in runs.values() for row in summary_rows(r)]))
+    csvs.append(write_csv(out / "summary.csv", [row for r in runs.values() for row in summary_rows(r)]))
     abl = ablation_rows(runs) if len(runs) > 1 else []
     if abl:
-        csvs.append(_write_csv(out / "ablation.csv", abl))
+        csvs.append(write_csv(out / "ablation.csv", abl))
     if quality:
-        csvs.append(_write_csv(out / "prelabel_quality.csv", list(quality)))
+        csvs.append(write_csv(out / "prelabel_quality.csv", list(quality)))
     if judge:
-        csvs.append(_write_csv(out / "judge.csv", list(judge)))
+        csvs.append(write_csv(out / "judge.csv", list(judge)))
     plots = _plots(main, runs, out / "plots")
     gallery = _gallery(main, out / "gallery", gallery_n)
     page = {

@@ -56,7 +56,7 @@ def as_rgb_uint8(image: Any) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _accelerate_available() -> bool:
+def accelerate_available() -> bool:
     from importlib.util import find_spec
 
     return find_spec("accelerate") is not None
@@ -177,7 +177,7 @@ class TransformersGrounder:
                 )
                 kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": self.trust_remote_code}
                 device_map = self.device_map
-                if device_map is None and device.startswith("cuda") and _accelerate_available():
+                if device_map is None and device.startswith("cuda") and accelerate_available():
                     device_map = device  # load the shards straight onto the GPU
                 if device_map is not None:
                     kwargs["device_map"] = device_map

@@ -44,6 +44,7 @@ from storage.repo.consensus import (
     adjudication_cases,
     adjudication_queue,
     item_consensus,
+    project_consensus,
     review_project_of,
     set_project_consensus,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "retract_annotations",
     "review_project_of",
     "set_item_status",
+    "project_consensus",
     "set_project_consensus",
     "snapshot_manifest",
     "upsert_annotations",

@@ -16,6 +16,14 @@ from storage.repo.base import chunked, dialect_insert
 ROLES = ("label", "review")
 
 
+def project_consensus(session: Session, label_project_id: int) -> tuple[int, float]:
+    """A project's (overlap, min_agreement): annotators per task and the agreement below which items are adjudicated."""
+    project = session.get(LabelProject, label_project_id)
+    if project is None:
+        raise LookupError(f"no label project {label_project_id}")
+    return int(project.overlap), float(project.min_agreement)
+
+
 def set_project_consensus(
     session: Session,
     label_project_id: int,

@@ -51,7 +51,7 @@ def calib_env(tmp_path, monkeypatch, tiny_models_root):
 def test_calibrate_cli_recovers_the_shift_and_refuses_few_samples(calib_env, capsys):
     tmp = calib_env
     out = tmp / "profiles" / "tiny-calibrated.toml"
-    main(["calibrate", "--snapshot", "calib", "--profile", "tiny", "--out", str(out), "--no-rerun",
+    main(["calibrate", "--snapshot", "calib", "--profile", "tiny", "--out", str(out), "--no-rerun", "--json",
           "--min-samples", "10"])  # fmt: skip
     rep = json.loads(capsys.readouterr().out)
     a = rep["fitted"]["alpha"]

@@ -266,9 +266,9 @@ def test_ground_many_load_failure_fails_every_item(tmp_path: Path):
 
 
 def test_device_map_without_accelerate_is_a_clear_error(tiny_grounder_dir: Path):
-    from geoseg.grounding.transformers_backend import _accelerate_available
+    from geoseg.grounding.transformers_backend import accelerate_available
 
-    if _accelerate_available():
+    if accelerate_available():
         pytest.skip("accelerate is installed")
     with pytest.raises(GrounderLoadError, match="accelerate.*device_map"):
         TransformersGrounder(str(tiny_grounder_dir), device_map="cpu").load()

@@ -295,10 +295,10 @@ def test_csv_injection_query_parses_as_plain_text(text):
 
 
 def test_csv_injection_inert_in_evaluation_csv(tmp_path):
-    from geoseg.evaluation.report import _write_csv
+    from geoseg.evaluation.report import write_csv
 
     rows = [{"query": t, "iou": -0.5, "n": 3} for t in INJECTIONS] + [{"query": "the road", "iou": 0.25, "n": 1}]
-    path = _write_csv(tmp_path / "samples.csv", rows)
+    path = write_csv(tmp_path / "samples.csv", rows)
     back = list(csv.DictReader(path.open(encoding="utf-8")))
     for row, text in zip(back, INJECTIONS, strict=False):
         assert row["query"][0] not in "=+-@\t\r", row  # a spreadsheet shows it as text, never runs it

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.storage import MOTO_CREDENTIALS, MOTO_REGION
+from tests.fixtures.storage import MOTO_CREDENTIALS, MOTO_REGION, add_image, add_item
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -123,7 +123,6 @@ def _add_items(overrides: dict, prefix: str, n: int) -> list[int]:
     """``n`` items over the aerial images, their bytes in the S3 blob store."""
     from flows.runtime import open_runtime, settings_from
     from geoseg.imagery import read_image
-    from storage import repo
     from storage.records import ImageRecord, ItemRecord
 
     rt = open_runtime(settings_from(overrides))
@@ -135,9 +134,9 @@ def _add_items(overrides: dict, prefix: str, n: int) -> list[int]:
             sha = rt.blobs.put(data)
             assert sha == hashlib.sha256(data).hexdigest()
             rec = ImageRecord.from_loaded(read_image(data, name=name), sha256=sha, uri=str(AERIAL / name))
-            image_ids.append(repo.upsert_image(s, rec))
+            image_ids.append(add_image(s, rec))
         for k in range(n):
-            ids.append(repo.upsert_item(s, ItemRecord(image_ids[k % len(image_ids)], f"{prefix} target {k}")))
+            ids.append(add_item(s, ItemRecord(image_ids[k % len(image_ids)], f"{prefix} target {k}")))
     return ids
 
 

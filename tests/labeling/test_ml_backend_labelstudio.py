@@ -165,9 +165,10 @@ def test_smart_tools_click_and_box_through_label_studio(review_task, tiny_models
     """An annotator's smart-tool click (positive, then with a negative one) and box on a real task: Label Studio
     forwards them to the backend, whose tiny SAM3 answers within the timeout with the model version; the box's mask
     stays inside the box. (Tiny random models: the masks themselves are meaningless.)"""
-    from flows.cli_ml import connect_ml_backend, load_geoseg_model
+    from flows.cli_ml import load_geoseg_model
     from geoseg.profiles import load_profile
     from labeling.brush import rle_to_mask
+    from labeling.client import connect_ml_backend
     from labeling.ml_backend import MLBackendConfig, create_app
 
     monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
