@@ -100,6 +100,7 @@ def configure_project(
     consensus threshold (``min_agreement``; storage.consensus), and its label stream: ``uncertainty`` serves the
     least certain pre-labels of ``model_version`` first, under-filled GeoSeg-Bench strata before full ones
     (labeling.priority); ``sequential`` restores Label Studio's default order. Returns what was set."""
+    from labeling.client import LabelStudioRequestError
     from labeling.priority import configure_label_stream
     from labeling.project import configure_consensus, configure_sampling
 
@@ -119,7 +120,13 @@ def configure_project(
             out["consensus"] = dict(zip(("overlap", "min_agreement"),
                                         repo.project_consensus(session, handle.label_project_id), strict=True))
         if label_stream == "uncertainty":
-            out["scores_written"] = configure_label_stream(client, session, handle, str(model_version))
+            try:
+                out["scores_written"] = configure_label_stream(client, session, handle, str(model_version))
+            except LabelStudioRequestError as exc:
+                if "Model version doesn't exist" not in str(exc):
+                    raise
+                raise ValueError(f"{out['project']} has no pre-labels of {model_version} yet: push them first "
+                                 "(geolabel push), then set the uncertainty label stream") from None
             out["label_stream"] = "uncertainty"
         elif label_stream == "sequential":
             configure_sampling(client, handle, model_version or "", "sequential")
