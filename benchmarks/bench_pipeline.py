@@ -55,6 +55,8 @@ def central_box(rgb) -> Box:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The benchmark as one linear script (arguments, warm-up, timed rounds, the printed ratios): longer than 80
+    lines on purpose, each step runs once in order."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="passes over the items (after one warm-up item)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = least noise on a shared box)")

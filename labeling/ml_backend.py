@@ -458,6 +458,9 @@ def create_app(
 
     ``model_version``, when known before the models load, lets ``/setup`` answer at once (Label Studio gives it 3 s)
     while a large model is still loading; without it ``/setup`` waits up to 2.5 s for the load.
+
+    Longer than 80 lines because the route handlers are closures over one backend and config (the protocol's four
+    endpoints read best side by side); each handler is a few lines calling :class:`GeoSegMLBackend`.
     """
 
     from starlette.applications import Starlette
