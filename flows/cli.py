@@ -21,6 +21,7 @@ the traceback. Command modules import their heavy dependencies inside the comman
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Annotated
 
@@ -55,8 +56,17 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 @app.callback()
-def root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", help="Show library output (Prefect, transformers, ...) on the terminal too; by "
+                     "default it goes to <data_dir>/logs/geolabel.log."),
+    ] = False,
+) -> None:
     set_debug(debug)
+    if verbose:  # read by flows.prefect_server.prepare_command when the command sets up its console
+        os.environ["GEOLABEL_VERBOSE"] = "1"
 
 
 @app.command()
