@@ -150,6 +150,11 @@ def push(
     ] = None,
     project: Project = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tasks per bulk import request.")] = 200,
+    prelabel_format: Annotated[
+        str | None,
+        typer.Option("--prelabel-format", help="brush (RLE, exact) or polygon (editable vertices); default: the "
+                     "setting prelabel_format (GEOLABEL_PRELABEL_FORMAT), brush.", show_default=False),
+    ] = None,
     data_dir: DataDir = None,
     as_json: Json = False,
 ) -> None:
@@ -158,6 +163,8 @@ def push(
     from geoseg.registry import model_version_of
 
     ov = overrides_for(data_dir)
+    if prelabel_format:
+        ov["prelabel_format"] = prelabel_format
     rt = runtime_for(data_dir)
     mv = model_version or model_version_of(profile)
     # the bar: tasks recorded in the database out of this model version's successful predictions

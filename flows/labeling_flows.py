@@ -12,7 +12,6 @@ that already holds tasks, else ``labeling.project.DEFAULT_TITLE``.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -156,7 +155,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
         setup_s = time.perf_counter() - t0
         rep = push_predictions(
             client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs,
-            region_format=os.environ.get("GEOLABEL_PRELABEL_FORMAT", "brush"),  # brush | polygon (labeling.polygons)
+            region_format=rt.settings.prelabel_format,  # brush | polygon (labeling.polygons)
         )
         session.commit()
     for item_id, msg in rep.failed[:20]:

@@ -16,6 +16,8 @@ s3_endpoint_url            GEOLABEL_S3_ENDPOINT_URL     none (AWS)
 imagery_roots              GEOLABEL_IMAGERY_ROOTS       none (``os.pathsep``-separated in the env var)
 intake                     GEOLABEL_INTAKE              ``true``: ``geolabel cycle`` / the served label cycle pull
                                                         annotator queries from Label Studio's intake project
+prelabel_format            GEOLABEL_PRELABEL_FORMAT     ``brush`` (RLE, exact) or ``polygon`` (editable vertices,
+                                                        ``labeling.polygons``): how pre-labels are pushed
 ========================== ============================ ===================================================
 
 Secrets are never settings values: the settings hold the *names* of the environment variables that carry them
@@ -90,6 +92,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     imagery_roots: tuple[Path, ...] = field(default_factory=tuple)
     intake: bool = True
+    prelabel_format: str = "brush"
     source: str = "defaults"
 
     def __post_init__(self) -> None:
@@ -106,6 +109,10 @@ class Settings:
             roots = [p for p in str(roots).split(os.pathsep) if p]
         object.__setattr__(self, "imagery_roots", tuple(Path(p).expanduser().resolve() for p in roots))
         object.__setattr__(self, "intake", _as_bool("intake", self.intake))
+        fmt = str(self.prelabel_format).strip().lower()
+        if fmt not in ("brush", "polygon"):
+            raise SettingsError(f"prelabel_format must be 'brush' or 'polygon', got {self.prelabel_format!r}")
+        object.__setattr__(self, "prelabel_format", fmt)
         for name in ("label_studio_token_env", "webhook_secret_env"):
             v = getattr(self, name)
             if not v or not v.replace("_", "").isalnum():
@@ -139,6 +146,7 @@ class Settings:
             "s3_endpoint_url": self.s3_endpoint_url,
             "imagery_roots": [str(p) for p in self.imagery_roots],
             "intake": self.intake,
+            "prelabel_format": self.prelabel_format,
             "source": self.source,
         }
 
