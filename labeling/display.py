@@ -44,9 +44,10 @@ class DisplayImages:
 
     def _rendition(self, sha: str, uri: str, fmt: str | None) -> tuple[bytes, str]:
         from geoseg.imagery import read_image
+        from storage.scenes import source_name
 
         data = self._image_bytes(sha, uri)
-        loaded = read_image(data, name=uri)
+        loaded = read_image(data, name=source_name(uri))
         if fmt in BROWSER_FORMATS and loaded.bands in (1, 3) and loaded.dtype == "uint8":
             return data, BROWSER_FORMATS[fmt]
         from PIL import Image as PILImage

@@ -194,6 +194,7 @@ class PushJob:
     model_version: str
     mask_sha256: str | None
     score: float | None
+    scene: str | None = None  # a chip's scene and pixel window ("scene.tif [col, row, w, h]"), shown as a task column
 
     @classmethod
     def of(cls, item: Item, image: Image, pred: Prediction) -> PushJob:
@@ -208,6 +209,8 @@ class PushJob:
             model_version=pred.model_version,
             mask_sha256=pred.mask_sha256,
             score=pred.score,
+            scene=(f"{image.scene_uri} [{image.window_col}, {image.window_row}, {image.width}, {image.height}]"
+                   if image.scene_uri else None),
         )
 
 
@@ -234,6 +237,7 @@ def job_payload(
             "query": job.query,
             "item_id": job.item_id,
             "image_sha256": job.image_sha256,
+            **({"scene": job.scene} if job.scene else {}),  # chips: Label Studio's Data Manager shows it as a column
         },
         "predictions": [prediction],
     }

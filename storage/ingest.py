@@ -82,8 +82,9 @@ def image_bytes(blobs: Any, sha256: str, uri: str, *, client: Any = None, settin
 def load_rgb(store: Store, sha256: str, uri: str) -> Any:
     """Image ``sha256`` decoded to (H, W, 3) uint8 (``geoseg.imagery.read_image``), bytes from :func:`image_bytes`."""
     from geoseg.imagery import read_image
+    from storage.scenes import source_name
 
-    return read_image(image_bytes(store.blobs, sha256, uri, settings=store.settings), name=uri).rgb
+    return read_image(image_bytes(store.blobs, sha256, uri, settings=store.settings), name=source_name(uri)).rgb
 
 
 def register_images(

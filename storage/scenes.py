@@ -67,6 +67,12 @@ GDAL_CACHEMAX_MB = 256
 ENCODE_WORKERS = 1
 
 
+def source_name(uri: str) -> str:
+    """The file name a decoder should judge an image by: a chip's URI (``<scene>#chip=col,row,w,h``) without its
+    window, any other URI unchanged."""
+    return uri.split(CHIP_SUFFIX, 1)[0]
+
+
 class SceneError(ValueError):
     """A scene that cannot be chipped; the message names it and says why (one line)."""
 
