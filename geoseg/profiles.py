@@ -97,10 +97,18 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+#: The keys of a backend table ([grounder], [matcher], [segmenter]) in a profile file.
+BACKEND_KEYS = frozenset({"kind", "model", "options"})
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         if key in _SPECS and isinstance(value, dict):
+            unknown = sorted(set(value) - BACKEND_KEYS)
+            if unknown:
+                raise ValueError(f"profile table [{key}]: unknown key(s) {', '.join(map(repr, unknown))}; a backend "
+                                 f"table takes {', '.join(sorted(BACKEND_KEYS))} (backend settings go in options)")
             spec = dict(base.get(key) or {})
             if "kind" in value and value["kind"] != spec.get("kind"):
                 spec = {"kind": value["kind"], "model": "", "options": {}}  # a new backend starts clean

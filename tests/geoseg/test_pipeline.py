@@ -470,3 +470,14 @@ def test_bad_profile_files(tmp_path, name, body, match):
 def test_unknown_profile_name():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         load_profile("fast")
+
+
+def test_profile_backend_table_with_an_unknown_key_is_refused(tmp_path):
+    from geoseg.profiles import load_profile
+
+    p = tmp_path / "typo.toml"
+    p.write_text('extends = "tiny"\n[grounder]\nkidn = "tiny"\n')
+    with pytest.raises(ValueError, match=r"\[grounder\]: unknown key\(s\) 'kidn'"):
+        load_profile(p)
+    p.write_text('extends = "tiny"\n[grounder]\nkind = "tiny"\noptions = { max_new_tokens = 8 }\n')
+    assert load_profile(p).grounder.options["max_new_tokens"] == 8
