@@ -35,6 +35,10 @@ ModelVersion = Annotated[
     typer.Option("--model-version", help="Only triplets whose pre-label came from this model version.",
                  show_default=False),
 ]
+SnapshotRef = Annotated[
+    str | None,
+    typer.Option("--snapshot", help="Only the members of snapshot NAME[@VERSION].", show_default=False),
+]
 MinAgreement = Annotated[
     float | None,
     typer.Option("--min-agreement", help="Only items whose annotators agree at least this much (0-1; single-annotator "
@@ -65,10 +69,7 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, float] | None:
 def export_coco_cmd(
     out: Annotated[Path, typer.Argument(help="Output folder (instances.json, and images/ on request); an earlier "
                                              "export there is replaced, any other non-empty folder refused.")],
-    snapshot: Annotated[
-        str | None,
-        typer.Option("--snapshot", help="Only the members of snapshot NAME[@VERSION].", show_default=False),
-    ] = None,
+    snapshot: SnapshotRef = None,
     domain: Domains = None,
     level: Levels = None,
     since: Since = None,

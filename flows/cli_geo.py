@@ -8,16 +8,13 @@ from typing import Annotated
 import typer
 
 from flows.cli_common import DataDir, Json, overrides_for, print_json
-from flows.cli_datasets import Domains, Levels, ModelVersion, Since, Until, export_app
+from flows.cli_datasets import Domains, Levels, ModelVersion, Since, SnapshotRef, Until, export_app
 
 
 @export_app.command("geo")
 def export_geo_cmd(
     out: Annotated[Path, typer.Argument(help="Output directory (masks/, polygons.gpkg, polygons.geojson, scenes/).")],
-    snapshot: Annotated[
-        str | None,
-        typer.Option("--snapshot", help="Only the members of snapshot NAME[@VERSION].", show_default=False),
-    ] = None,
+    snapshot: SnapshotRef = None,
     domain: Domains = None,
     level: Levels = None,
     since: Since = None,

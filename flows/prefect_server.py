@@ -44,6 +44,8 @@ from typing import Any
 
 import httpx
 
+from labeling.server import pid_alive  # the same liveness check as the local Label Studio
+
 log = logging.getLogger(__name__)
 
 #: Loggers whose INFO chatter is library noise on the terminal (kept in the log file).
@@ -59,20 +61,6 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours still answers kill(0)
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 @dataclass(frozen=True)
@@ -139,7 +127,7 @@ class PrefectServer:
         if not state:
             return PrefectStatus(False, None, None, detail=f"no server started from {self.root}")
         pid, api = int(state["pid"]), str(state["api_url"])
-        if not _alive(pid):
+        if not pid_alive(pid):
             return PrefectStatus(False, api, pid, detail=f"process {pid} is not running")
         version = self._health(api)
         if version is None:
@@ -176,7 +164,7 @@ class PrefectServer:
             st = self.status()
             if st.running:
                 return st
-            if st.pid and _alive(st.pid):  # alive but unhealthy: ours, recorded; end it before a fresh start
+            if st.pid and pid_alive(st.pid):  # alive but unhealthy: ours, recorded; end it before a fresh start
                 self.stop()
             (self.root / "home").mkdir(parents=True, exist_ok=True)
             port = self.port or _free_port(self.host)
@@ -208,14 +196,14 @@ class PrefectServer:
         if not state:
             return False
         pid = int(state["pid"])
-        was_running = _alive(pid)
+        was_running = pid_alive(pid)
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if not _alive(pid):
+            if not pid_alive(pid):
                 break
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)  # the group start() created (start_new_session)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and pid_alive(pid):
                 time.sleep(0.2)
         self.state_file.unlink(missing_ok=True)
         return was_running

@@ -11,10 +11,8 @@ both where apt is available); with ``CI`` set, a missing browser fails instead.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,57 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.fixtures.browser import chromium_page, screenshot_dir
 from tests.fixtures.storage import add_image, add_item, add_prediction
 
 AERIAL = Path(__file__).resolve().parents[1] / "data" / "aerial"
-CHROMIUM = Path(os.environ.get("GEOLABEL_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 pytestmark = pytest.mark.labelstudio
-
-
-def _need_browser() -> None:
-    reason = None
-    if not CHROMIUM.exists():
-        reason = f"chromium not installed at {CHROMIUM} (apt-get install -y chromium; scripts/setup.sh does it as root)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            reason = "the playwright package is not installed (pip install -e '.[dev]')"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture
 def browser_page():
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="geolabel-chromium-")  # a fresh --user-data-dir per test
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS,
-            headless=True,
-            viewport={"width": 1200, "height": 1080},
-        )
-        try:
-            yield ctx.new_page()
-        finally:
-            ctx.close()
-            shutil.rmtree(profile, ignore_errors=True)
+    """A fresh headless chromium page (tests.fixtures.browser: skips, or fails under CI, without a browser)."""
+    with chromium_page(1200, 1080) as page:
+        yield page
 
 
 @pytest.fixture
@@ -115,8 +74,7 @@ def geoseg_review_task(ls_project, chat_server, tiny_matcher, tiny_segmenter):
 def test_annotator_sees_image_query_prelabel_and_verdicts(geoseg_review_task, browser_page, tmp_path):
     proj, task_id, query, area = geoseg_review_task
     ls = proj.ls
-    shots = Path(os.environ.get("GEOLABEL_SCREENSHOT_DIR") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path)
     creds = ls.server.credentials()
     page = browser_page
 
@@ -177,7 +135,7 @@ def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page
     from storage.records import ImageRecord
 
     ls, s = ls_project.ls, ls_project.session
-    shots = Path(os.environ.get("GEOLABEL_SCREENSHOT_DIR") or tmp_path)
+    shots = screenshot_dir(tmp_path)
     dst = ls.imagery_root / f"intake-browser-{uuid.uuid4().hex[:6]}" / "SOAP_061.png"
     dst.parent.mkdir()
     shutil.copy(AERIAL / "SOAP_061.png", dst)
