@@ -60,6 +60,15 @@ class Segmenter(Protocol):
 
 
 @runtime_checkable
+class ClickSegmenter(Segmenter, Protocol):
+    """A segmenter that also takes background points, as SAM does: ``labels`` 1 (foreground) or 0 (background) per
+    point, all of them one prompt for one object (an annotator's clicks). Label Studio's smart tools use it
+    (``geoseg.interactive``); a segmenter without it gets positive points only there."""
+
+    def predict_clicks(self, state: Any, points: np.ndarray, labels: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
 class Pipeline(Protocol):
     """What the registry hands out and the flows call: ``GeoSegPipeline`` or any object with the same surface.
 

@@ -67,8 +67,17 @@ class SmartPrompt:
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
     box: tuple[float, float, float, float] | None = None
-    width: int = 0
+    width: int = 0  # the image size Label Studio measured the regions on (original_width/height)
     height: int = 0
+
+    def in_pixels_of(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """(points (k, 2), labels (k,), box or None) scaled to an image of ``width`` x ``height`` (the regions were
+        measured on ``self.width`` x ``self.height``: a display copy may differ from the stored image)."""
+        sx = width / self.width if self.width else 1.0
+        sy = height / self.height if self.height else 1.0
+        pts = np.asarray(self.points, dtype=np.float64).reshape(-1, 2) * [sx, sy]
+        box = None if self.box is None else (self.box[0] * sx, self.box[1] * sy, self.box[2] * sx, self.box[3] * sy)
+        return pts, np.asarray(self.labels, dtype=np.int64).reshape(-1), box
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,8 @@ def brush_region(suggestion: Suggestion, warning: str | None = None) -> list[dic
     for region in result:
         region["origin"] = "prediction"
         notes = [n for n in (warning, f"route: {suggestion.route}" if suggestion.route else None) if n]
-        if notes:
-            region["meta"] = {"text": notes}
+        if notes:  # one entry: Label Studio's region details run a list's entries together with no separator
+            region["meta"] = {"text": [" | ".join(notes)]}
     return result
 
 

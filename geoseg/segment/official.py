@@ -71,14 +71,19 @@ class Sam3OfficialSegmenter:
 
     def predict_points(self, state: Any, points: np.ndarray) -> np.ndarray:
         pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        return self.predict_clicks(state, pts, np.ones(len(pts), dtype=np.int32))
+
+    def predict_clicks(self, state: Any, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Foreground (1) and background (0) points, one prompt: ``predict_inst``'s ``point_labels``."""
+        pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        lab = np.asarray(labels, dtype=np.int32).reshape(-1)
         if len(pts) == 0:
             raise ValueError("predict_points needs at least one point")
+        if len(lab) != len(pts) or not lab.any():
+            raise ValueError("predict_clicks needs one label per point and at least one foreground (1) point")
         # multimask only for a single click (Meta: several prompts are not ambiguous), as the transformers backend
         masks, scores, _ = self.model.predict_inst(
-            state["state"],
-            point_coords=pts,
-            point_labels=np.ones(len(pts), dtype=np.int32),
-            multimask_output=len(pts) == 1,
+            state["state"], point_coords=pts, point_labels=lab, multimask_output=len(pts) == 1
         )
         masks, scores = np.asarray(masks), np.asarray(scores)
         return masks[int(np.argmax(scores))].astype(bool)

@@ -377,23 +377,40 @@ class Sam3TransformersSegmenter:
     def predict_points(self, state: Sam3ImageState, points: np.ndarray) -> np.ndarray:
         """Positive point prompts (k, 2) as (x, y) crop pixels -> (h, w) bool mask (``point_mode``, module docstring).
 
-        ``state.calls["point"]`` records the decoder call (``multimask_output``, number of prompts, masks returned);
-        ``state.scores["point"]`` the predicted IoU of the returned mask (the mean over points for the union).
+        ``state.calls["point"]`` records the decoder call (``multimask_output``, number of prompts, masks returned,
+        the point labels sent); ``state.scores["point"]`` the predicted IoU of the returned mask (the mean over
+        points for the union).
         """
-        import torch
+        pts = self._points(points)
+        if self.point_mode == "per_point_union" and len(pts) > 1:  # one prompt (object) per point, one point each
+            return self._decode(state, [[[p] for p in pts.tolist()]], [[[1] for _ in range(len(pts))]], False)
+        return self._decode(state, [[pts.tolist()]], [[[1] * len(pts)]], len(pts) == 1)
 
+    def predict_clicks(self, state: Sam3ImageState, points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """An annotator's clicks: points (k, 2) in crop pixels with labels 1 (foreground) / 0 (background), all one
+        prompt for one object, as SAM's interactive use; several masks only for a single positive click."""
+        pts = self._points(points)
+        lab = np.asarray(labels).reshape(-1).astype(int)
+        if len(lab) != len(pts) or not set(lab.tolist()) <= {0, 1}:
+            raise ValueError(f"predict_clicks needs one label (0 or 1) per point, got {lab.tolist()} for {len(pts)}")
+        if not lab.any():
+            raise ValueError("predict_clicks needs at least one foreground (label 1) point")
+        return self._decode(state, [[pts.tolist()]], [[lab.tolist()]], len(pts) == 1)
+
+    @staticmethod
+    def _points(points: np.ndarray) -> np.ndarray:
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         if len(pts) == 0:
             raise ValueError("predict_points needs at least one point")
         if not np.isfinite(pts).all():
             raise ValueError("points contain NaN or infinite values")
+        return pts
+
+    def _decode(self, state: Sam3ImageState, prompts: list, labels: list, multimask: bool) -> np.ndarray:
+        """One tracker-decoder forward on the state's embeddings: the union of each prompt's best mask."""
+        import torch
+
         h, w = state.crop_size
-        per_point = self.point_mode == "per_point_union" and len(pts) > 1
-        if per_point:  # one prompt (object) per point, one point each
-            prompts, labels = [[[p] for p in pts.tolist()]], [[[1] for _ in range(len(pts))]]
-        else:  # one prompt holding every point
-            prompts, labels = [[pts.tolist()]], [[[1] * len(pts)]]
-        multimask = len(pts) == 1
         enc = self.tracker_processor(
             input_points=prompts, input_labels=labels, original_sizes=[[h, w]], return_tensors="pt"
         )
@@ -415,6 +432,7 @@ class Sam3TransformersSegmenter:
             "multimask_output": multimask,
             "prompts": int(iou.shape[0]),
             "masks_per_prompt": int(out.pred_masks.shape[2]),
+            "labels": [lab for prompt in labels[0] for lab in prompt],
         }
         state.scores["point"] = float(iou[rows, best].mean())
         return masks.any(dim=0).cpu().numpy().astype(bool)

@@ -235,12 +235,13 @@ class _CallRecorder:
         self.handle.remove()
 
 
-def _reference_point_mask(seg, crop, points, multimask):
+def _reference_point_mask(seg, crop, points, multimask, labels=None):
     """The tracker's own full forward (it encodes the crop itself) for one prompt holding ``points``."""
     h, w = crop.shape[:2]
     px = seg.processor.image_processor(images=crop, return_tensors="pt")["pixel_values"]
     enc = seg.tracker_processor(
-        input_points=[[points]], input_labels=[[[1] * len(points)]], original_sizes=[[h, w]], return_tensors="pt"
+        input_points=[[points]], input_labels=[[labels or [1] * len(points)]], original_sizes=[[h, w]],
+        return_tensors="pt",
     )
     with torch.inference_mode():
         out = seg.tracker(
@@ -267,10 +268,31 @@ def test_one_point_uses_multimask_several_points_one_mask(tiny_segmenter, aerial
         calls_several = dict(state.calls["point"])
     assert [c["multimask_output"] for c in rec.calls] == [True, False]
     assert tuple(rec.calls[1]["input_points"].shape[:3]) == (1, 1, 3)  # one prompt holding the three points
-    assert calls_one == {"multimask_output": True, "prompts": 1, "masks_per_prompt": 3}
-    assert calls_several == {"multimask_output": False, "prompts": 1, "masks_per_prompt": 1}
+    assert calls_one == {"multimask_output": True, "prompts": 1, "masks_per_prompt": 3, "labels": [1]}
+    assert calls_several == {"multimask_output": False, "prompts": 1, "masks_per_prompt": 1, "labels": [1, 1, 1]}
     assert np.array_equal(m_one, _reference_point_mask(seg, crop, one, True))
     assert np.array_equal(m_several, _reference_point_mask(seg, crop, several, False))
+
+
+def test_clicks_with_background_points_are_one_prompt(tiny_segmenter, aerial_rgb):
+    """An annotator's clicks (Label Studio's smart tools): foreground and background points in one prompt, the labels
+    reaching the tracker as given (SAM's background points), the same mask as the tracker's own full forward."""
+    from geoseg.protocols import ClickSegmenter
+
+    seg = tiny_segmenter
+    assert isinstance(seg, ClickSegmenter)
+    crop = aerial_rgb[50:150, 30:170].copy()
+    pts, labels = [[40.0, 30.0], [100.0, 70.0]], [1, 0]
+    state = seg.set_image(crop)
+    with _CallRecorder(seg.tracker) as rec:
+        mask = seg.predict_clicks(state, np.array(pts), np.array(labels))
+    assert rec.calls[0]["input_labels"].tolist() == [[labels]]
+    assert state.calls["point"] == {"multimask_output": False, "prompts": 1, "masks_per_prompt": 1, "labels": [1, 0]}
+    assert np.array_equal(mask, _reference_point_mask(seg, crop, pts, False, labels))
+    with pytest.raises(ValueError, match="foreground"):
+        seg.predict_clicks(state, np.array(pts), np.array([0, 0]))
+    with pytest.raises(ValueError, match="one label"):
+        seg.predict_clicks(state, np.array(pts), np.array([1]))
 
 
 def test_per_point_union_mode(fresh_segmenter, aerial_rgb):
@@ -284,7 +306,8 @@ def test_per_point_union_mode(fresh_segmenter, aerial_rgb):
             mask = seg.predict_points(state, np.array(pts))
     assert len(rec.calls) == 1 and rec.calls[0]["multimask_output"] is False
     assert tuple(rec.calls[0]["input_points"].shape[:3]) == (1, 3, 1)  # three prompts of one point each
-    assert state.calls["point"] == {"multimask_output": False, "prompts": 3, "masks_per_prompt": 1}
+    assert state.calls["point"] == {"multimask_output": False, "prompts": 3, "masks_per_prompt": 1,
+                                    "labels": [1, 1, 1]}
     union = np.zeros(crop.shape[:2], bool)
     for p in pts:
         union |= _reference_point_mask(seg, crop, [p], False)

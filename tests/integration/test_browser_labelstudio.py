@@ -165,3 +165,106 @@ def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page
     s.expire_all()
     (item,) = s.query(Item).all()
     assert (item.query, item.level) == ("the gravel road along the clearing", "L2")
+
+
+KEYPOINT_HOTKEY = "3"  # the KeyPointLabels "target" label: the third label of labeling/geoseg_config.xml
+
+
+def test_annotator_corrects_the_mask_with_smart_clicks(geoseg_review_task, browser_page, tiny_models_root,
+                                                       monkeypatch, tmp_path):
+    """The annotator's correction path: Auto-Annotation on, the pre-label hidden, the smart Key Point tool; a click
+    and an Alt-click (negative) go through Label Studio to the real GeoSeg ML backend (``load_geoseg_model("tiny")``:
+    tiny random SAM3, a meaningless mask), whose region comes back as a suggestion on the canvas; accepted, the old
+    pre-label deleted, the verdict chosen and submitted, ``sync_annotations`` stores exactly the mask the backend
+    returned for the last click."""
+    import dataclasses
+
+    from flows.cli_ml import load_geoseg_model
+    from geoseg.profiles import load_profile
+    from labeling.brush import rle_to_mask
+    from labeling.client import connect_ml_backend
+    from labeling.ml_backend import MLBackendConfig, create_app
+    from labeling.sync import sync_annotations
+    from storage.maskcodec import decode_mask
+    from storage.models import Annotation
+    from tests.helpers.ml_backend import serve
+
+    proj, task_id, _query, _area = geoseg_review_task
+    ls, pid, page = proj.ls, proj.handle.ls_project_id, browser_page
+    shots = screenshot_dir(tmp_path)
+    monkeypatch.setenv("GEOLABEL_MODEL_CACHE", str(tiny_models_root))
+    answered = []  # (the SmartPrompt Label Studio sent, the mask the backend answered with)
+
+    def load():
+        handle = load_geoseg_model("tiny")
+
+        def prompt(image, smart):
+            suggestion = handle.prompt(image, smart)
+            answered.append((smart, suggestion.mask))
+            return suggestion
+
+        return dataclasses.replace(handle, prompt=prompt)  # the real handler, recorded
+
+    app = create_app(load, MLBackendConfig(timeout_s=60, label_studio_url=ls.url),
+                     model_version=load_profile("tiny").model_version)
+    with serve(app) as url:
+        connect_ml_backend(ls.client, pid, url)  # before the page opens: the Data Manager reads it at start
+        _login(page, ls)
+        page.goto(f"{ls.url}/projects/{pid}/data?tab=0&task={task_id}")
+        page.get_by_text("Verdict on the mask").wait_for(timeout=90_000)
+        page.wait_for_function(
+            "() => [...document.images].some(i => i.src.includes('/data/local-files/') && i.naturalWidth === 400)",
+            timeout=60_000,
+        )
+        toggle = page.get_by_test_id("bottombar-auto-annotation-toggle")
+        if not toggle.is_checked():
+            toggle.locator("xpath=ancestor::label").click()
+        page.keyboard.press("Escape")  # nothing selected: a label hotkey would relabel a selected region
+        page.get_by_role("button", name="Hide all regions").click()  # clicks land on the image, not the pre-label
+        page.locator("button.lsf-tool_smart:visible").first.hover()  # the smart tools' menu
+        page.locator("button[aria-label='key-point-tool']").click()
+        x, y, w, h = max(page.evaluate(
+            "() => [...document.querySelectorAll('canvas')].map(c => { const r = c.getBoundingClientRect();"
+            " return [r.x, r.y, r.width, r.height]; })"), key=lambda r: r[2] * r[3])
+
+        def click(fx, fy, negative=False):
+            page.keyboard.press(KEYPOINT_HOTKEY)  # the label, every time: Label Studio drops it after each region
+            n = len(answered)
+            if negative:
+                page.keyboard.down("Alt")
+            page.mouse.click(x + w * fx, y + h * fy)
+            if negative:
+                page.keyboard.up("Alt")
+            deadline = time.monotonic() + 60
+            while len(answered) == n:
+                if time.monotonic() > deadline:
+                    page.screenshot(path=str(shots / "smart_click_lost.png"))
+                    raise AssertionError(f"the click never reached the ML backend (screenshot in {shots})")
+                page.wait_for_timeout(200)
+
+        click(0.3, 0.4)
+        page.get_by_text("1 suggestions").wait_for(timeout=30_000)
+        click(0.7, 0.6, negative=True)
+        (first, _), (second, mask) = answered
+        assert first.labels == (1,) and second.labels == (1, 0)  # the Alt-click is SAM's background point
+        np.testing.assert_allclose(second.points, [(120, 160), (280, 240)], atol=3)  # the 400 px image's pixels
+        page.wait_for_timeout(1500)  # the second suggestion replaces the first on the canvas
+        page.screenshot(path=str(shots / "smart_click_suggestion.png"))
+        page.get_by_test_id("bottombar-accept-suggestions-button").click()
+        # delete the hidden pre-label (the first region listed), choose the verdict, submit
+        page.locator(".lsf-outliner-item").first.click()
+        page.keyboard.press("Backspace")
+        page.get_by_text(re.compile(r"^accept(\[\d\])?$")).first.click()
+        page.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not ls.client.task_annotations(task_id):
+            time.sleep(0.3)
+    (ann,) = ls.client.task_annotations(task_id)
+    brushes = [r for r in ann["result"] if r["type"] == "brushlabels"]
+    assert len(brushes) == 1, [r["type"] for r in ann["result"]]
+    assert np.array_equal(rle_to_mask(brushes[0]["value"]["rle"], 400, 400), mask)
+    rep = sync_annotations(ls.client, proj.session, proj.blobs, proj.handle)
+    assert rep.upserted == 1 and not rep.malformed, rep
+    (stored,) = proj.session.query(Annotation).all()
+    assert stored.verdict == "accept"
+    assert np.array_equal(decode_mask(proj.blobs.get(stored.mask_sha256), shape=(400, 400)), mask)
