@@ -57,7 +57,8 @@ def migrate(
     as_json: Json = False,
 ) -> None:
     """Move tasks from expiring presigned links to storage URIs, in place; ensure the storages they need."""
-    from labeling.display import DISPLAY_DIR, imagery_root
+    from labeling.display import DISPLAY_DIR
+    from labeling.server import document_root_for
     from labeling.storages import S3Connection, migrate_project_images
 
     settings, client = _context(data_dir)
@@ -66,7 +67,7 @@ def migrate(
     out = {}
     with client:
         for p in _projects(client, project):
-            rep = migrate_project_images(client, int(p["id"]), s3=s3, document_root=imagery_root(settings).parent,
+            rep = migrate_project_images(client, int(p["id"]), s3=s3, document_root=document_root_for(settings),
                                          roots=roots, dry_run=dry_run)
             out[p["title"]] = {"project_id": int(p["id"]), **rep.to_dict()}
             if not as_json:

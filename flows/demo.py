@@ -1,6 +1,6 @@
 """``geolabel demo``: the whole loop on embedded defaults over the real aerial imagery in ``tests/data/aerial``.
 
-SQLite in the data dir, a local blob directory, Prefect's ephemeral server, a local Label Studio started from
+SQLite in the data dir, a local blob directory, the data dir's local Prefect server, a local Label Studio started from
 ``.venv-ls`` by :mod:`labeling.server` (or an already running one named by the settings). Steps:
 
 ingest -> intake project (one task per image, where a person writes queries) -> preannotate (tiny random models: the

@@ -46,6 +46,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
     from flows.labeling_flows import label_studio_client
     from labeling.display import DisplayImages, imagery_root
     from labeling.intake import DEFAULT_INTAKE_TITLE, create_intake_tasks_once, ensure_intake_project, pull_queries
+    from labeling.storages import S3Connection
     from storage import repo
 
     log = _logger()
@@ -66,6 +67,7 @@ def intake(rt: Runtime, project_title: str | None = None, create_tasks: bool = T
                 display = DisplayImages(rt.settings, rt.blobs)
                 for uri, err in display.prepare([r[:3] for r in rows]):
                     log.warning("intake: no displayable rendition for %s: %s", uri, err)
+                display.connect(client, handle.ls_project_id, S3Connection.from_settings(rt.settings))
                 rep = create_intake_tasks_once(client, session, handle, display, image_ids=[r[3] for r in rows])
                 created, failed = rep.created, rep.failed
         pulled = pull_queries(client, session, handle)

@@ -151,7 +151,7 @@ def push(rt: Runtime, model_version: str, project_title: str | None = None, batc
             log.warning("push: no displayable rendition for %s: %s", uri, err)
         from labeling.storages import S3Connection
 
-        display.resolver.needs.ensure(client, handle.ls_project_id, S3Connection.from_settings(rt.settings))
+        display.connect(client, handle.ls_project_id, S3Connection.from_settings(rt.settings))
         setup_s = time.perf_counter() - t0
         rep = push_predictions(
             client, session, rt.blobs, handle, model_version, image_url=display, batch_size=batch_size, pending=jobs,

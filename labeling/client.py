@@ -182,6 +182,22 @@ class LabelStudioClient:
             f"Label Studio at {self.url} is unavailable: {method} {path} failed after {attempt + 1} attempt(s) ({last})"
         )
 
+    def served(self, path: str) -> bool:
+        """Whether Label Studio serves ``path`` (a task image URL such as ``/data/local-files/?d=...``) to this
+        token: True for HTTP 2xx, False for 404 (a streamed GET: the body is not read); a rejected token raises."""
+        try:
+            with self._http.stream("GET", path) as resp:
+                status = resp.status_code
+        except httpx.TransportError as exc:
+            raise LabelStudioUnavailableError(f"Label Studio at {self.url} is unavailable: GET {path} ({exc})") from exc
+        if status in (401, 403):
+            raise LabelStudioAuthError(f"Label Studio at {self.url} rejected the API token (HTTP {status}) for {path}")
+        if status == 404:
+            return False
+        if status >= 400:
+            raise LabelStudioRequestError(f"Label Studio GET {self.url}{path} failed: HTTP {status}", status)
+        return True
+
     # --- server -------------------------------------------------------------------------------------------------------
 
     def version(self) -> str:

@@ -33,13 +33,14 @@ class DisplayImages:
 
     def __init__(self, settings: Any, blobs: Any) -> None:
         from labeling.push import ImageUrlResolver
+        from labeling.server import document_root_for
 
         self.settings = settings  # storage.settings.Settings
         self.blobs = blobs  # storage.blobs.BlobStore
         self.s3 = str(settings.blob_url).startswith("s3://")
         self.root = imagery_root(settings)
         self.dir = Path(settings.data_dir).resolve() / DISPLAY_DIR
-        self.resolver = ImageUrlResolver([self.dir, self.root], document_root=self.root.parent)
+        self.resolver = ImageUrlResolver([self.dir, self.root], document_root=document_root_for(settings))
         self._by_uri: dict[str, str] = {}
 
     def _rendition(self, sha: str, uri: str, fmt: str | None) -> tuple[bytes, str]:
@@ -90,6 +91,22 @@ class DisplayImages:
             except Exception as exc:  # noqa: BLE001 - recorded; push_predictions then fails these items one by one
                 failures.append((uri, f"{type(exc).__name__}: {exc}"))
         return failures
+
+    def connect(self, client: Any, project_id: int, s3: Any = None) -> None:
+        """Give the project the storages its prepared images need (idempotent), then check that Label Studio serves
+        one local image: a Label Studio whose LOCAL_FILES_DOCUMENT_ROOT is not the one the URLs were made for would
+        otherwise show broken images. ``s3``: a ``labeling.storages.S3Connection`` for S3 imagery."""
+        from labeling.storages import StorageError
+
+        self.resolver.needs.ensure(client, project_id, s3)
+        local = next((u for u in self._by_uri.values() if u.startswith("/data/local-files/")), None)
+        if local is not None and not client.served(local):
+            raise StorageError(
+                f"Label Studio at {client.url} does not serve {local}: the URLs are relative to "
+                f"{self.resolver.document_root}, which must be that server's LOCAL_FILES_DOCUMENT_ROOT (a server "
+                "started by `geolabel labelstudio start` records its own in <data_dir>/labelstudio/document_root; "
+                "use that server's data dir, or start the server with this one)"
+            )
 
     def __call__(self, uri: str) -> str:
         try:

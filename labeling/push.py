@@ -56,9 +56,9 @@ class ImageUrlResolver:
 
     * Local files below one of ``imagery_root`` (one path or several): ``/data/local-files/?d=<path below the
       document root>``, served by Label Studio through the project's local-files storage for that root. The document
-      root is Label Studio's LOCAL_FILES_DOCUMENT_ROOT (``LabelStudioServer.document_root``); by default the first
-      root's parent, which is what ``labeling.server`` starts the server with. Symlinks are resolved first, so a link
-      out of the roots is refused.
+      root is Label Studio's LOCAL_FILES_DOCUMENT_ROOT (``LabelStudioServer.document_root``, what the server
+      runs with); by default the filesystem root, what ``labeling.server`` starts a new loopback server with.
+      Symlinks are resolved first, so a link out of the roots is refused.
     * ``s3://bucket/key``: the URI itself (default, ``s3_mode="storage"``): the project's S3 source storage presigns
       it each time the task is viewed, so no link in a task expires. ``s3_mode="presign"`` (the earlier behaviour,
       only for a Label Studio without the storage) presigns at push time with ``s3_client`` for ``presign_expires``.
@@ -86,7 +86,7 @@ class ImageUrlResolver:
         if document_root is not None:
             self.document_root: Path | None = Path(document_root).expanduser().resolve()
         else:
-            self.document_root = self.imagery_root.parent if self.imagery_root else None
+            self.document_root = Path(self.imagery_root.anchor) if self.imagery_root else None
         if s3_mode not in ("storage", "presign"):
             raise ValueError(f"s3_mode must be 'storage' or 'presign', got {s3_mode!r}")
         self.s3_mode = s3_mode

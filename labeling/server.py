@@ -37,6 +37,25 @@ _STRAY_ENV = ("USERNAME", "PASSWORD", "HOST", "PORT", "DJANGO_DB", "DATABASE_URL
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def document_root_for(settings) -> Path:  # noqa: ANN001 - storage.settings.Settings
+    """The LOCAL_FILES_DOCUMENT_ROOT of the project's local Label Studio (started or not): task URLs are made
+    relative to it."""
+    from labeling.display import imagery_root
+
+    return LabelStudioServer(Path(settings.data_dir) / "labelstudio", imagery_root=imagery_root(settings)).document_root
+
+
 class LabelStudioServerError(RuntimeError):
     """The local Label Studio server could not be started, reached or stopped."""
 
@@ -219,14 +238,30 @@ class LabelStudioServer:
         return self.root / "server.log"
 
     @property
-    def document_root(self) -> Path:
-        """Label Studio's LOCAL_FILES_DOCUMENT_ROOT: the imagery root's parent.
+    def document_root_file(self) -> Path:
+        return self.root / "document_root"
 
-        Label Studio serves ``/data/local-files/?d=<path below the document root>`` only inside a project's local
-        storage, and refuses a storage path equal to the document root; so the root is the parent and each project
-        gets a local storage for the imagery root itself (``labeling.project.ensure_project(imagery_root=...)``).
+    @property
+    def document_root(self) -> Path:
+        """Label Studio's LOCAL_FILES_DOCUMENT_ROOT, fixed when its data dir is first started (``document_root_file``).
+
+        Label Studio serves ``/data/local-files/?d=<path below the document root>`` only inside a local-files storage
+        of a project the user may see (``labeling.storages.ensure_local_storage``: one per imagery root and one for
+        the data dir's display renditions, made on push), and refuses a storage path equal to the document root.
+        A new loopback server takes the filesystem root, so any data dir or imagery directory on this machine can be
+        served through its own storage; a server on another interface takes the imagery root's parent (the rule
+        of earlier versions, which a data dir started before the record keeps: its tasks' URLs are relative to it).
         """
-        return (self.imagery_root or self.root).parent
+        try:
+            recorded = self.document_root_file.read_text().strip()
+        except OSError:
+            recorded = ""
+        if recorded:
+            return Path(recorded)
+        legacy = (self.imagery_root or self.root).parent
+        if (self.ls_data_dir / "label_studio.sqlite3").exists() or not _is_loopback(self.host):
+            return legacy
+        return Path(self.root.anchor)
 
     @property
     def ls_data_dir(self) -> Path:
@@ -292,7 +327,7 @@ class LabelStudioServer:
                 "SECRET_KEY": creds["secret_key"],
                 "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
                 "LOCAL_FILES_SERVING_ENABLED": "true",
-                "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+                "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),  # recorded by start()
                 "SSRF_PROTECTION_ENABLED": "false",  # webhooks and S3 endpoints on loopback
                 "ML_BLOCK_LOCAL_IP": "false",  # the project's ML backend (geolabel ml-backend) on loopback
                 "COLLECT_ANALYTICS": "false",
@@ -312,6 +347,8 @@ class LabelStudioServer:
             return st
         exe = self._executable()
         creds = self.credentials()
+        if not self.document_root_file.exists():  # fixed from the first start on (task URLs are relative to it)
+            self.document_root_file.write_text(f"{self.document_root}\n")
         self.ls_data_dir.mkdir(parents=True, exist_ok=True)
         port = self.port or free_port(self.host)
         if port_in_use(self.host, port):  # Label Studio would silently take the next port: refuse at once instead

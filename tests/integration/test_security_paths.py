@@ -151,7 +151,7 @@ def test_label_studio_local_files_urls_cannot_escape_the_served_root(tmp_path):
     outside = tmp_path / "outside.png"
     outside.write_bytes(_png(2))
     (root / "link.png").symlink_to(outside)
-    r = ImageUrlResolver(root)
+    r = ImageUrlResolver(root, document_root=tmp_path)
     assert r(str(root / "ok.png")) == "/data/local-files/?d=imagery/ok.png"
     for uri in (str(outside), f"{root}/../outside.png", str(root / "link.png")):
         with pytest.raises(ImageUrlError, match="outside the imagery root"):

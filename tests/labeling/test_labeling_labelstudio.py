@@ -153,7 +153,10 @@ def test_project_setup_is_idempotent(ls_project):
 def test_image_url_resolver(tmp_path):
     r = ImageUrlResolver(tmp_path / "imgs")
     (tmp_path / "imgs" / "a b").mkdir(parents=True)
-    assert r(str(tmp_path / "imgs" / "a b" / "x.png")) == "/data/local-files/?d=imgs/a%20b/x.png"
+    rel = (tmp_path / "imgs").resolve().relative_to("/").as_posix()  # the default document root: "/"
+    assert r(str(tmp_path / "imgs" / "a b" / "x.png")) == f"/data/local-files/?d={rel}/a%20b/x.png"
+    r2 = ImageUrlResolver(tmp_path / "imgs", document_root=tmp_path)  # a server's own LOCAL_FILES_DOCUMENT_ROOT
+    assert r2(str(tmp_path / "imgs" / "x.png")) == "/data/local-files/?d=imgs/x.png"
     with pytest.raises(ImageUrlError, match="outside"):
         r(str(tmp_path / "other.png"))
     assert r("https://example.org/x.png") == "https://example.org/x.png"

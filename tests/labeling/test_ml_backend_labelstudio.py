@@ -70,7 +70,8 @@ def test_tiny_geoseg_backend_through_label_studio(review_task, tiny_models_root,
         data = resp["data"]
         assert data["model_version"] == mv and "error" not in data
         for region in data["result"]:  # zero or one brush region (tiny masks are meaningless)
-            assert region["value"]["brushlabels"] == ["target"] and region["meta"]["text"][0].startswith(TINY_MODEL_WARNING)
+            assert region["value"]["brushlabels"] == ["target"]
+            assert region["meta"]["text"][0].startswith(TINY_MODEL_WARNING)
             m = rle_to_mask(region["value"]["rle"], 400, 400)
             assert m.shape == (400, 400) and m.any()
 

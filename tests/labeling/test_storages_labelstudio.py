@@ -118,3 +118,54 @@ def test_s3_storage_presigns_at_view_time_and_migrates_old_links(
         assert parse_qs(urlparse(link).query)["X-Amz-Expires"] == ["60"]  # presign_ttl: 1 minute
         got = httpx.get(link, timeout=30)  # no Label Studio credentials: the presigned link alone
         assert got.status_code == 200 and got.content == body
+
+
+def test_document_root_is_fixed_at_first_start(tmp_path):
+    """A new loopback server serves from the filesystem root (each project's storages gate what is served); a data
+    dir started before the record keeps the imagery root's parent, since its tasks' URLs are relative to it."""
+    from labeling.server import LabelStudioServer
+
+    new = LabelStudioServer(tmp_path / "a" / "labelstudio", imagery_root=tmp_path / "img")
+    assert new.document_root == Path("/")
+    assert LabelStudioServer(tmp_path / "b", imagery_root=tmp_path / "img", host="0.0.0.0").document_root == tmp_path
+    legacy = LabelStudioServer(tmp_path / "c", imagery_root=tmp_path / "img")
+    (legacy.ls_data_dir).mkdir(parents=True)
+    (legacy.ls_data_dir / "label_studio.sqlite3").write_bytes(b"")
+    assert legacy.document_root == tmp_path
+    legacy.document_root_file.write_text("/srv/data\n")
+    assert legacy.document_root == Path("/srv/data")  # the record wins
+
+
+def test_a_data_dir_anywhere_is_served_and_a_wrong_document_root_is_caught(labelstudio_server):
+    """A second data dir outside every directory of the running server (a user's own imagery and database) pushes
+    display images that Label Studio serves through the storage made for it; URLs made for another document root
+    fail at connect with the reason, instead of broken images in the browser."""
+    import tempfile
+
+    from labeling.display import DisplayImages
+    from labeling.storages import StorageError
+    from storage.blobs import LocalBlobStore, sha256_hex
+    from storage.settings import Settings
+
+    ls = labelstudio_server
+    d2 = Path(tempfile.mkdtemp(prefix="geolabel-elsewhere-"))  # not below the session's temp dirs
+    try:
+        img = d2 / "mine" / "SOAP_061.png"
+        img.parent.mkdir()
+        shutil.copy(AERIAL / "SOAP_061.png", img)
+        sha = sha256_hex(img.read_bytes())
+        settings = Settings(data_dir=d2, label_studio_url=ls.url)
+        display = DisplayImages(settings, LocalBlobStore(d2 / "blobs"))
+        assert display.prepare([(sha, str(img), "PNG")]) == []
+        pid = _project(ls, "elsewhere")
+        display.connect(ls.client, pid)
+        r = httpx.get(ls.url + display(str(img)), headers={"Authorization": f"Token {ls.token}"}, timeout=30)
+        assert r.status_code == 200 and r.content == img.read_bytes()
+        (d2 / "labelstudio").mkdir()
+        (d2 / "labelstudio" / "document_root").write_text(str(d2))  # URLs made for a server rooted at d2
+        wrong = DisplayImages(settings, LocalBlobStore(d2 / "blobs"))
+        wrong.prepare([(sha, str(img), "PNG")])
+        with pytest.raises(StorageError, match="does not serve .*LOCAL_FILES_DOCUMENT_ROOT"):
+            wrong.connect(ls.client, _project(ls, "wrong root"))
+    finally:
+        shutil.rmtree(d2, ignore_errors=True)
