@@ -37,28 +37,14 @@ def load_geoseg_model(profile: str) -> Any:
                        prompt=smart_prompt_handler(pipeline))
 
 
-def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
-    """Label Studio checks the backend's /health when connecting: wait until it answers."""
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-
-
 def _connect(settings: Any, backend_url: str, project: str | None) -> None:
     """Register the backend on the review project (run in a thread while uvicorn serves)."""
     from flows.labeling_flows import label_studio_client, review_project
     from flows.runtime import open_runtime
     from labeling.client import connect_ml_backend
+    from labeling.ml_backend import wait_until_healthy
 
-    _wait_healthy(backend_url)
+    wait_until_healthy(backend_url)
     try:
         rt = open_runtime(settings)
         with label_studio_client(settings) as client, rt.session() as session:

@@ -69,23 +69,11 @@ def demo_item_ids(session: Any, queries_file: Path = DEMO_QUERIES) -> set[int]:
 def _label_studio(settings: Any, start: bool, echo: Callable[[str], None]) -> tuple[Any, bool, str | None]:
     """Settings pointing at a usable Label Studio: the configured (or this data dir's local) one when its token works,
     else a local one started from .venv-ls. Returns (settings, started, credentials file or None)."""
-    import httpx
+    from labeling.server import LabelStudioServer, probe_label_studio, server_root
 
-    from labeling.server import LabelStudioServer, server_root, token_for
-
-    token = token_for(settings)
     local = None if settings.label_studio_token() else server_root(settings.data_dir) / "credentials.json"
-    if token:
-        try:
-            r = httpx.get(
-                f"{settings.label_studio_url}/api/current-user/whoami",
-                headers={"Authorization": f"Token {token.get_secret_value()}"},
-                timeout=5.0,
-            )
-            if r.status_code == 200:
-                return settings, False, str(local) if local else None  # local: the token came from its file
-        except httpx.HTTPError:
-            pass
+    if probe_label_studio(settings).get("token_ok"):  # answers, and the token (env, else its file) works
+        return settings, False, str(local) if local else None  # local: the token came from its file
     if not start:
         env = settings.label_studio_token_env
         raise RuntimeError(f"no Label Studio answers at {settings.label_studio_url} with the token in ${env}")

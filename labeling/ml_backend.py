@@ -217,6 +217,20 @@ def smart_prompt(context: Any) -> SmartPrompt | None:
     return SmartPrompt(tuple(points), tuple(labels), box, size[0], size[1])
 
 
+def wait_until_healthy(url: str, timeout_s: float = 120.0) -> bool:
+    """Wait until the backend at ``url`` answers ``/health`` (Label Studio calls it when connecting); False when
+    ``timeout_s`` passed first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def _release_in(loop: asyncio.AbstractEventLoop, slots: asyncio.Semaphore) -> None:
     """Give a model slot back from the worker thread (no-op once the server's loop has closed)."""
     with contextlib.suppress(RuntimeError):
