@@ -55,6 +55,20 @@ class IngestReport:
         return d
 
 
+@task(name="register-scene", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def register_scene_task(settings_overrides: dict[str, Any] | None, obj: Any, source: str,
+                        bands: tuple[int, ...] | None, tile_size: int, tile_overlap: int,
+                        max_chips: int | None) -> Any:
+    """A scene (``storage.scenes.register_scene``): windowed reads, one rendition per chip, all chips registered
+    in one transaction or none."""
+    from storage.scenes import register_scene
+
+    rt = open_runtime(settings_from(settings_overrides))
+    return register_scene(rt.session, rt.blobs, obj.uri, obj.name, source, tile_size=tile_size,
+                          overlap=tile_overlap, bands=bands, max_chips=max_chips,
+                          s3_endpoint_url=rt.settings.s3_endpoint_url)
+
+
 @task(name="register-images", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def register_images_task(
     settings_overrides: dict[str, Any] | None,
@@ -98,17 +112,18 @@ def ingest_flow(
     if settings.imagery_roots and not is_s3(source):
         check_within_roots(source, settings.imagery_roots)  # a clear error before anything is read
     client = _s3_client_for(rt) if is_s3(source) or is_s3(queries) else None
-    from flows import ingest_scenes as geo
+    from storage.scenes import scene_refs, scene_rows, split_scenes
+    from storage.sources import http_objects
 
-    objects = geo.http_objects(source) or list_images(source, client=client)
+    objects = http_objects(source) or list_images(source, client=client)
     rows, issues = load_queries(queries, client=client)
     log.info("ingest: %d image object(s) under %s, %d query row(s) in %s", len(objects), source, len(rows), queries)
     objects = objects + named_objects(rows, objects)  # full URIs / absolute paths named by the queries file
 
     tb = tuple(bands) if bands else None
-    scene_objs, objects = geo.split_scenes(objects, tile_size, settings.s3_endpoint_url, image_roots(settings, source))
+    scene_objs, objects = split_scenes(objects, tile_size, settings.s3_endpoint_url, image_roots(settings, source))
     scene_futures = [
-        geo.register_scene_task.submit(settings_overrides, o, source, tb, tile_size, tile_overlap, max_chips)
+        register_scene_task.submit(settings_overrides, o, source, tb, tile_size, tile_overlap, max_chips)
         for o in scene_objs
     ]
     futures = [
@@ -121,9 +136,9 @@ def ingest_flow(
     for i in image_issues:
         log.warning("ingest: skipped image %s: %s", i.ref, i.message)
     scenes = [f.result() for f in scene_futures]
-    by_scene = geo.scene_refs(scenes)
+    by_scene = scene_refs(scenes)
     pending, row_issues = index.match(
-        rows, source, queries, fallback=lambda r: geo.scene_rows(r, by_scene[r.image]) if r.image in by_scene else None
+        rows, source, queries, fallback=lambda r: scene_rows(r, by_scene[r.image]) if r.image in by_scene else None
     )
     scene_issues = [IngestIssue("image", sc.uri, sc.error) for sc in scenes if sc.error]
     issue_list = [*issues, *scene_issues, *image_issues, *row_issues]

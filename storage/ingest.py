@@ -190,7 +190,7 @@ class ImageIndex:
         """(image id, row) for every row whose image is registered; an issue (with its line) for every other row.
 
         ``fallback(row)``, for a row naming no registered image, may give that row's (image id, row) pairs and an
-        error (a row naming a scene: one pair per chip, ``flows.ingest_scenes.scene_rows``), or None."""
+        error (a row naming a scene: one pair per chip, ``storage.scenes.scene_rows``), or None."""
         pending: list[tuple[int, QueryRow]] = []
         issues: list[IngestIssue] = []
         for r in rows:

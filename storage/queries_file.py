@@ -30,7 +30,7 @@ class QueryRow:
     level: str | None
     domain: str | None
     line: int
-    bbox: str | None = None  # scene rows only: chips intersecting minx,miny,maxx,maxy (scene CRS); flows.ingest_scenes
+    bbox: str | None = None  # scene rows: chips meeting minx,miny,maxx,maxy (scene CRS); storage.scenes.scene_rows
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
@@ -591,7 +592,81 @@ def probe_size(uri: str, s3_endpoint_url: str | None = None) -> tuple[int, int] 
 
 
 def is_scene_candidate(uri: str) -> bool:
-    from pathlib import PurePosixPath
-
     text = str(uri).split("?", 1)[0]
     return text.startswith(("http://", "https://")) or PurePosixPath(text).suffix.lower() in SCENE_EXTENSIONS
+
+
+# --- query rows naming a scene (ingest) ----------------------------------------------------------------------------
+
+
+def split_scenes(objects: list[Any], tile_size: int | None, s3_endpoint_url: str | None = None,
+                 roots: tuple[Path, ...] | None = None) -> tuple[list[Any], list[Any]]:
+    """(scene objects, whole-image objects) of a source listing: a (Geo)TIFF (or any ``http(s)://`` raster) wider or
+    taller than ``tile_size`` is a scene, everything else goes the whole-image path; ``tile_size`` 0 turns tiling
+    off. An object outside ``roots`` goes the whole-image path, which refuses it with its usual message."""
+    from storage.sources import SourceError, check_within_roots, is_http, is_s3
+
+    if not tile_size:
+        return [], list(objects)
+    scenes, whole = [], []
+    for o in objects:
+        uri = str(o.uri)
+        if not is_scene_candidate(uri):
+            whole.append(o)
+            continue
+        if is_http(uri):
+            scenes.append(o)  # no whole-image path for http(s): errors are reported by the scene path
+            continue
+        if roots and not is_s3(uri):
+            try:
+                check_within_roots(uri, roots)
+            except SourceError:
+                whole.append(o)  # the whole-image path refuses it with its usual message
+                continue
+        size = probe_size(uri, s3_endpoint_url)
+        (scenes if size is not None and max(size) > int(tile_size) else whole).append(o)
+    return scenes, whole
+
+
+def scene_refs(scenes: list[Any]) -> dict[str, Any]:
+    """How query rows may name a scene: its name, its URI, its bare file name when unique."""
+    out: dict[str, Any] = {}
+    count: dict[str, int] = {}
+    for sc in scenes:
+        out[sc.name] = out[sc.uri] = sc
+        b = PurePosixPath(sc.name).name
+        count[b] = count.get(b, 0) + 1
+    for sc in scenes:
+        b = PurePosixPath(sc.name).name
+        if count[b] == 1:
+            out.setdefault(b, sc)
+    return out
+
+
+def parse_bbox(raw: Any) -> tuple[float, float, float, float] | None:
+    """``"minx,miny,maxx,maxy"`` (or a 4-list) -> floats; empty -> None; anything else -> ValueError."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    parts = raw.replace(";", ",").split(",") if isinstance(raw, str) else list(raw)
+    try:
+        vals = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"bbox must be four numbers minx,miny,maxx,maxy, got {raw!r}") from None
+    if len(vals) != 4 or not (vals[0] < vals[2] and vals[1] < vals[3]):
+        raise ValueError(f"bbox must be four numbers minx,miny,maxx,maxy with min < max, got {raw!r}")
+    return vals  # type: ignore[return-value]
+
+
+def scene_rows(row: Any, scene: Any) -> tuple[list[tuple[int, Any]], str | None]:
+    """(image id, row) for every chip of ``scene`` the query row applies to (only those whose footprint intersects
+    the row's ``bbox``, in the scene's CRS, when it has one), or an error message."""
+    if scene.error:
+        return [], f"scene {row.image!r} could not be ingested: {scene.error}"
+    try:
+        bbox = parse_bbox(getattr(row, "bbox", None))
+    except ValueError as exc:
+        return [], str(exc)
+    ids = scene.chip_ids(bbox)
+    if not ids:
+        return [], f"bbox {bbox} (scene CRS) intersects no chip of scene {row.image!r}"
+    return [(i, row) for i in ids], None

@@ -176,3 +176,16 @@ def read_bytes(uri: str | Path, *, client: Any = None, roots: tuple[Path, ...] |
         raise SourceError(f"{p}: no such file") from None
     except OSError as exc:
         raise SourceError(f"cannot read {p}: {exc.strerror or exc}") from exc
+
+
+def is_http(uri: str | Path) -> bool:
+    """An ``http(s)://`` URI (a raster read through GDAL's /vsicurl/)."""
+    return str(uri).startswith(("http://", "https://"))
+
+
+def http_objects(source: str) -> list[Any] | None:
+    """An ``http(s)://`` source is one scene object (HTTP has no listing); None for other sources."""
+    if not is_http(source):
+        return None
+    name = PurePosixPath(str(source).split("?", 1)[0]).name or str(source)
+    return [SourceObject(uri=str(source), name=name, size=0)]
