@@ -32,7 +32,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from labeling.server import pid_alive  # the same liveness check as the local Label Studio
+from labeling.server import pid_alive, stop_process_group  # the same process handling as the local Label Studio
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +194,7 @@ class PrefectServer:
         state = self._state()
         if not state:
             return False
-        pid = int(state["pid"])
-        was_running = pid_alive(pid)
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if not pid_alive(pid):
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, sig)  # the group start() created (start_new_session)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and pid_alive(pid):
-                time.sleep(0.2)
+        was_running = stop_process_group(int(state["pid"]), timeout=timeout)  # the group start() created
         self.state_file.unlink(missing_ok=True)
         return was_running
 

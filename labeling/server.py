@@ -178,6 +178,23 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def stop_process_group(pid: int, *, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group led by ``pid`` (a server started with ``start_new_session``), SIGKILL it after
+    ``timeout`` s; True if it was running."""
+    was_running = pid_alive(pid)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if not pid_alive(pid):
+            break
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.2)
+    return was_running
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only (created 0600, never world-readable, even briefly)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -445,19 +462,7 @@ class LabelStudioServer:
         state = self._state()
         if not state:
             return False
-        pid = int(state["pid"])
-        was_running = pid_alive(pid)
-        if was_running:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(pid, sig)  # the group this object created with start_new_session
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while time.monotonic() < deadline and pid_alive(pid):
-                    time.sleep(0.2)
-                if not pid_alive(pid):
-                    break
+        was_running = stop_process_group(int(state["pid"]), timeout=timeout)
         self.state_file.unlink(missing_ok=True)
         return was_running
 
