@@ -4,7 +4,7 @@ Label Studio (its interactive-annotating API), on a real 400x400 aerial image.
     .venv/bin/python benchmarks/bench_ml_backend.py [--requests 20] [--concurrency 1] [--profile tiny]
 
 Starts a local Label Studio from .venv-ls in a temp dir (seeded from the test template in
-~/.cache/geolabel/labelstudio-<version> when it exists), a review project with one task (image served by Label
+~/.cache/geolabel/labelstudio-<version>-t<layout> when it exists), a review project with one task (image served by Label
 Studio's local-files), and the ML backend (uvicorn, loopback) with the profile's models loaded once. Then times:
 
 * ``direct``: POST /predict to the backend (backend downloads the image from Label Studio, decodes it, runs GeoSeg,

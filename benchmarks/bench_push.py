@@ -4,10 +4,10 @@
     .venv/bin/python benchmarks/bench_push.py --ab 3 --tasks 600 --size 512   # same-run A/B, see below
 
 Starts a local Label Studio from .venv-ls in a temp dir (seeded from the test template in
-~/.cache/geolabel/labelstudio-<version> when it exists, else a cold start with migrations), builds a temp SQLite
-database with N images/items/predictions whose masks are synthetic (blob: one ellipse; noise: 50 % random pixels),
-and times ``labeling.push.push_predictions`` end to end (mask blob read + decode, brush RLE encode, JSON, HTTP import,
-Label Studio's own processing, database write).
+~/.cache/geolabel/labelstudio-<version>-t<layout> when it exists, else a cold start with migrations), builds a temp
+SQLite database with N images/items/predictions whose masks are synthetic (blob: one ellipse; noise: 50 % random
+pixels), and times ``labeling.push.push_predictions`` end to end (mask blob read + decode, brush RLE encode, JSON,
+HTTP import, Label Studio's own processing, database write).
 
 ``--ab R``: R rounds, each pushing the same N predictions into three fresh projects, in rotating order: with payloads
 built in a worker thread during the imports (``overlap=True``, the default), built in line (``overlap=False``), and a
