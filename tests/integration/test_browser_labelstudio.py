@@ -167,16 +167,17 @@ def test_annotator_writes_a_query_in_the_intake_project(ls_project, browser_page
     assert (item.query, item.level) == ("the gravel road along the clearing", "L2")
 
 
-KEYPOINT_HOTKEY = "3"  # the KeyPointLabels "target" label: the third label of labeling/geoseg_config.xml
+KEYPOINT_HOTKEY, BOX_HOTKEY = "3", "4"  # the KeyPointLabels / RectangleLabels "target" labels of geoseg_config.xml
 
 
 def test_annotator_corrects_the_mask_with_smart_clicks(geoseg_review_task, browser_page, tiny_models_root,
                                                        monkeypatch, tmp_path):
-    """The annotator's correction path: Auto-Annotation on, the pre-label hidden, the smart Key Point tool; a click
-    and an Alt-click (negative) go through Label Studio to the real GeoSeg ML backend (``load_geoseg_model("tiny")``:
-    tiny random SAM3, a meaningless mask), whose region comes back as a suggestion on the canvas; accepted, the old
-    pre-label deleted, the verdict chosen and submitted, ``sync_annotations`` stores exactly the mask the backend
-    returned for the last click."""
+    """The annotator's correction path: Auto-Annotation on, the pre-label hidden; a box drawn with the smart
+    Rectangle (its mask stays inside the box; rejected), then the smart Key Point tool: a click and an Alt-click
+    (negative) go through Label Studio to the real GeoSeg ML backend (``load_geoseg_model("tiny")``: tiny random
+    SAM3, a meaningless mask), whose region comes back as a suggestion on the canvas; accepted, the old pre-label
+    deleted, the verdict chosen and submitted, ``sync_annotations`` stores exactly the mask the backend returned for
+    the last click."""
     import dataclasses
 
     from flows.cli_ml import load_geoseg_model
@@ -221,11 +222,38 @@ def test_annotator_corrects_the_mask_with_smart_clicks(geoseg_review_task, brows
             toggle.locator("xpath=ancestor::label").click()
         page.keyboard.press("Escape")  # nothing selected: a label hotkey would relabel a selected region
         page.get_by_role("button", name="Hide all regions").click()  # clicks land on the image, not the pre-label
-        page.locator("button.lsf-tool_smart:visible").first.hover()  # the smart tools' menu
-        page.locator("button[aria-label='key-point-tool']").click()
         x, y, w, h = max(page.evaluate(
             "() => [...document.querySelectorAll('canvas')].map(c => { const r = c.getBoundingClientRect();"
             " return [r.x, r.y, r.width, r.height]; })"), key=lambda r: r[2] * r[3])
+
+        def wait_answer(n):
+            deadline = time.monotonic() + 60
+            while len(answered) == n:
+                if time.monotonic() > deadline:
+                    page.screenshot(path=str(shots / "smart_tool_lost.png"))
+                    raise AssertionError(f"the smart tool never reached the ML backend (screenshot in {shots})")
+                page.wait_for_timeout(200)
+
+        def tool(name):
+            page.locator("button.lsf-tool_smart:visible").first.hover()  # the smart tools' menu
+            page.locator(f"button[aria-label='{name}']").click()
+
+        tool("rectangle-tool")  # a box: dragged from 25 % to 50 % of the 400 px image
+        page.keyboard.press(BOX_HOTKEY)
+        page.mouse.move(x + w * 0.25, y + h * 0.25)
+        page.mouse.down()
+        page.mouse.move(x + w * 0.5, y + h * 0.5, steps=12)
+        page.mouse.up()
+        wait_answer(0)
+        (boxed, box_mask), = answered
+        np.testing.assert_allclose(boxed.box, (100, 100, 200, 200), atol=3)
+        outside = np.ones_like(box_mask)
+        outside[int(boxed.box[1]) : int(np.ceil(boxed.box[3])), int(boxed.box[0]) : int(np.ceil(boxed.box[2]))] = False
+        assert not (box_mask & outside).any()  # the box's mask stays inside the box
+        page.get_by_text("1 suggestions").wait_for(timeout=30_000)
+        page.get_by_test_id("bottombar-reject-suggestions-button").click()  # not this one
+        answered.clear()
+        tool("key-point-tool")
 
         def click(fx, fy, negative=False):
             page.keyboard.press(KEYPOINT_HOTKEY)  # the label, every time: Label Studio drops it after each region
@@ -235,12 +263,7 @@ def test_annotator_corrects_the_mask_with_smart_clicks(geoseg_review_task, brows
             page.mouse.click(x + w * fx, y + h * fy)
             if negative:
                 page.keyboard.up("Alt")
-            deadline = time.monotonic() + 60
-            while len(answered) == n:
-                if time.monotonic() > deadline:
-                    page.screenshot(path=str(shots / "smart_click_lost.png"))
-                    raise AssertionError(f"the click never reached the ML backend (screenshot in {shots})")
-                page.wait_for_timeout(200)
+            wait_answer(n)
 
         click(0.3, 0.4)
         page.get_by_text("1 suggestions").wait_for(timeout=30_000)
