@@ -68,7 +68,7 @@ class PreannotateReport:
     batches: int = 0
     seconds: float = 0.0
     seconds_model: float = 0.0  # summed over batches: time inside the pipeline (grounder, matcher, segmenter)
-    meaningless: bool = False
+    meaningless: bool | None = None  # None: no model was loaded (nothing pending), so not known
     errors: tuple[tuple[int, str], ...] = field(default_factory=tuple)
     skipped: int = 0  # items another run held or finished (storage.claims)
     taken_over: int = 0  # items whose dead run's expired claim this run took over
@@ -280,7 +280,7 @@ def preannotate_flow(
     pending = sum(len(w.items) for w in work)
     batches = plan_batches(work, batch_size)
     log.info("preannotate: %d item(s) on %d image(s) need model %s: %d batch(es)", pending, len(work), mv, len(batches))
-    meaningless = False
+    meaningless = None
     if pending:
         meaningless = load_pipeline(profile).meaningless
         if meaningless:
