@@ -133,10 +133,14 @@ class PrefectServer:
             return PrefectStatus(False, api, pid, detail=f"process {pid} alive, {api} not healthy")
         return PrefectStatus(True, api, pid, version)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, port: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(
             PREFECT_HOME=str(self.root / "home"),
+            # the UI asks /ui-settings where the API is: without these it says Prefect's default port 4200
+            PREFECT_SERVER_API_HOST=self.host,
+            PREFECT_SERVER_API_PORT=str(port),
+            PREFECT_UI_API_URL=f"http://{self.host}:{port}/api",
             PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.database}",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             DO_NOT_TRACK="1",
@@ -171,7 +175,7 @@ class PrefectServer:
             cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(port),
                    "--analytics-off", "--log-level", "WARNING"]
             with open(self.log_file, "ab") as out:
-                proc = subprocess.Popen(cmd, env=self._env(), stdout=out, stderr=subprocess.STDOUT,
+                proc = subprocess.Popen(cmd, env=self._env(port), stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
             tmp = self.state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"pid": proc.pid, "port": port, "api_url": api}))

@@ -94,6 +94,13 @@ def test_flow_runs_publish_report_and_progress_artifacts(local_server, tmp_path)
     assert table["type"] == "table" and "missing.png" in str(table["data"])
     (progress,) = _artifacts(st.api_url, probe_state.state_details.flow_run_id)
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+    # ... and a person sees the report in the Prefect UI: the UI is told where this server's API is, and lists it
+    assert httpx.get(f"{st.ui_url}/ui-settings", timeout=30).json()["api_url"] == st.api_url
+    from tests.fixtures.browser import chromium_page
+
+    with chromium_page(1400, 900) as page:
+        page.goto(f"{st.ui_url}/artifacts")
+        page.get_by_text("geolabel-ingest-report").first.wait_for(timeout=60_000)
 
 
 def _processes_with(marker: str) -> list[tuple[int, str]]:
