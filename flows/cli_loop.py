@@ -205,7 +205,8 @@ def sync(
         return
     typer.echo(
         f"{rep.label_studio_url}/projects/{rep.ls_project_id}: {rep.tasks_seen} task(s) read, {rep.upserted} "
-        f"annotation(s) stored, {rep.retracted} retracted, {len(rep.malformed)} malformed; watermark {rep.watermark}"
+        f"annotation(s) stored ({rep.unchanged} unchanged), {rep.retracted} retracted, {len(rep.malformed)} malformed; "
+        f"watermark {rep.watermark}"
     )
     for ann_id, msg in rep.malformed[:10]:
         typer.echo(f"  annotation {ann_id}: {msg}", err=True)
@@ -222,7 +223,8 @@ def _print_cycle(rep: Any) -> None:
     typer.echo(f"preannotate ({p.model_version}): {p.predicted} predicted, {p.failed} failed")
     typer.echo(f"review {u.label_studio_url}/projects/{u.ls_project_id}: {u.pushed} new task(s) with pre-labels, "
                f"{len(u.failed)} failed")
-    typer.echo(f"sync: {s.upserted} annotation(s) stored, {s.retracted} retracted, {len(s.malformed)} malformed")
+    typer.echo(f"sync: {s.upserted} annotation(s) stored ({s.unchanged} unchanged), {s.retracted} retracted, "
+               f"{len(s.malformed)} malformed")
 
 
 @app.command("cycle")

@@ -49,6 +49,7 @@ class SyncSummary:
     ls_project_id: int
     tasks_seen: int = 0
     upserted: int = 0
+    unchanged: int = 0
     retracted: int = 0
     malformed: tuple[tuple[int, str], ...] = field(default_factory=tuple)
     skipped_tasks: tuple[tuple[int, str], ...] = field(default_factory=tuple)
@@ -190,6 +191,7 @@ def sync(rt: Runtime, project_title: str | None = None, full: bool = False) -> S
         ls_project_id=handle.ls_project_id,
         tasks_seen=rep.tasks_seen,
         upserted=rep.upserted,
+        unchanged=rep.unchanged,
         retracted=rep.retracted,
         malformed=tuple(rep.malformed),
         skipped_tasks=tuple(rep.skipped_tasks),
@@ -242,9 +244,10 @@ def sync_flow(
     """Bring annotations back from the Label Studio project (since its watermark; everything with ``full``)."""
     summary = sync_task(settings_overrides, project_title, full)
     get_logger().info(
-        "sync: %d task(s) read, %d annotation(s) stored, %d retracted, %d malformed",
+        "sync: %d task(s) read, %d annotation(s) stored (%d unchanged), %d retracted, %d malformed",
         summary.tasks_seen,
         summary.upserted,
+        summary.unchanged,
         summary.retracted,
         len(summary.malformed),
     )

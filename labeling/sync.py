@@ -51,7 +51,8 @@ class MalformedAnnotationError(ValueError):
 @dataclass
 class SyncReport:
     tasks_seen: int = 0
-    upserted: int = 0
+    upserted: int = 0  # annotations new or changed since they were stored
+    unchanged: int = 0  # read again (the watermark's overlap, a full sync) and already stored as they are
     retracted: int = 0
     skipped_tasks: list[tuple[int, str]] = field(default_factory=list)  # (LS task id, reason)
     malformed: list[tuple[int, str]] = field(default_factory=list)  # (LS annotation id, reason)
@@ -200,9 +201,12 @@ def _label_task_for(session: Session, project: ProjectHandle, task: Mapping[str,
 
 
 def _apply_task(
-    ctx: _Context, project: ProjectHandle, task: Mapping[str, Any], report: SyncReport, *, full_list: bool
+    ctx: _Context, project: ProjectHandle, task: Mapping[str, Any], report: SyncReport, *, full_list: bool,
+    skip_unchanged: bool = True,
 ) -> None:
-    """Upsert the task's annotations; with ``full_list`` also retract stored ones no longer in the task."""
+    """Upsert the task's annotations; with ``full_list`` also retract stored ones no longer in the task. With
+    ``skip_unchanged``, an annotation stored with the same ``updated_at`` is counted unchanged and not decoded or
+    re-decided again (a full sync passes False: it re-decides every item, e.g. after new consensus settings)."""
     session = ctx.session
     try:
         lt = _label_task_for(session, project, task)
@@ -212,13 +216,18 @@ def _apply_task(
     records: list[AnnotationRecord] = []
     live: set[int] = set()
     cancelled: list[int] = []
-    for ann in task.get("annotations") or []:
+    annotations = task.get("annotations") or []
+    stored_at = repo.stored_annotation_versions(session, (a["id"] for a in annotations if "id" in a))
+    for ann in annotations:
         aid = int(ann["id"])
         if ann.get("was_cancelled"):
             cancelled.append(aid)
             continue
         live.add(aid)
         try:
+            if skip_unchanged and aid in stored_at and stored_at[aid] >= parse_time(ann["updated_at"]):
+                report.unchanged += 1  # stored as it is: nothing to decode, store or re-decide
+                continue
             records.append(annotation_record(ctx, lt, ann))
         except (MalformedAnnotationError, KeyError, TypeError, ValueError) as exc:
             report.malformed.append((aid, f"{type(exc).__name__}: {exc}"))
@@ -248,7 +257,8 @@ def sync_annotations(
     overlap: timedelta = timedelta(seconds=2),
     queue_targets: Mapping[tuple[str, str], int] | None = None,
 ) -> SyncReport:
-    """Poll the project's tasks updated since its watermark (all with ``full``) and store their annotations.
+    """Poll the project's tasks updated since its watermark (all with ``full``) and store their annotations (those
+    stored as they are count ``unchanged``; a ``full`` sync stores and re-decides them all again).
 
     Commits after every task page; the watermark (the newest task ``updated_at`` seen) only moves forward, and a
     small ``overlap`` re-reads the last moments before it (the upserts are idempotent).
@@ -269,7 +279,7 @@ def sync_annotations(
         client.iter_tasks(project.ls_project_id, fields="all", updated_after=since, page_size=100), 1
     ):
         report.tasks_seen += 1
-        _apply_task(ctx, project, task, report, full_list=True)
+        _apply_task(ctx, project, task, report, full_list=True, skip_unchanged=not full)
         updated = task.get("updated_at")
         if updated:
             t = parse_time(updated)

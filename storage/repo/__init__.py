@@ -35,6 +35,7 @@ from storage.repo.annotations import (
     get_watermark,
     redecide_items,
     retract_annotations,
+    stored_annotation_versions,
     upsert_annotations,
     upsert_triplets,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "record_label_tasks",
     "redecide_items",
     "retract_annotations",
+    "stored_annotation_versions",
     "review_project_of",
     "set_item_status",
     "project_consensus",

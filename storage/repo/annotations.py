@@ -83,6 +83,19 @@ def upsert_annotations(
     return out
 
 
+def stored_annotation_versions(session: Session, ls_annotation_ids: Iterable[int]) -> dict[int, datetime]:
+    """``{ls_annotation_id: updated_at}`` of the stored, not retracted annotations among ``ls_annotation_ids``: what a
+    sync need not read again (Label Studio's ``updated_at`` is no newer)."""
+    ids = sorted({int(i) for i in ls_annotation_ids})
+    out: dict[int, datetime] = {}
+    for chunk in chunked(ids):
+        out.update(session.execute(
+            sa.select(Annotation.ls_annotation_id, Annotation.updated_at).where(
+                Annotation.ls_annotation_id.in_(chunk), Annotation.retracted.is_(False))
+        ).tuples().all())
+    return out
+
+
 def retract_annotations(
     session: Session, ls_annotation_ids: Iterable[int], blobs: BlobStore | None = None
 ) -> int:

@@ -332,6 +332,9 @@ def test_annotations_sync_by_poll(ls_project):
     assert rep2.upserted == 0 and rep2.tasks_seen == 0
     rep2b = sync_annotations(c, p.session, p.blobs, p.handle)  # the default 2 s overlap re-reads, harmlessly
     assert rep2b.retracted == 0 and p.session.scalar(sa.select(sa.func.count()).select_from(Annotation)) == 4
+    assert rep2b.upserted == 0 and rep2b.unchanged == rep2b.tasks_seen - len(rep2b.malformed)  # re-read, not re-stored
+    rep_full = sync_annotations(c, p.session, p.blobs, p.handle, full=True)  # a full sync stores and re-decides all
+    assert rep_full.upserted == 4 and rep_full.unchanged == 0
 
     # update: the corrected annotation becomes a reject; delete: the accepted one goes away
     time.sleep(1.1)
