@@ -235,7 +235,9 @@ def test_overlapping_cycles_second_is_cancelled(pool, shared, labelstudio_server
         f"queries={str(AERIAL / 'queries.csv')!r}, settings_overrides={overrides!r}, intake=False, "
         f"project_title={'cycle ' + uuid.uuid4().hex[:6]!r}))\n"
     )
-    env = _env(pool["api"], LABEL_STUDIO_USER_TOKEN=ls.token, GEOLABEL_TEST_MODEL_SLEEP_S="1.0")
+    hold = tmp_path / "sleep_s"  # the first cycle's model stage stays slow until the second run is decided
+    hold.write_text("3.0")
+    env = _env(pool["api"], LABEL_STUDIO_USER_TOKEN=ls.token, GEOLABEL_TEST_MODEL_SLEEP_S=str(hold))
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-c", script], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -258,8 +260,12 @@ def test_overlapping_cycles_second_is_cancelled(pool, shared, labelstudio_server
                 time.sleep(0.5)
             second = run_deployment(f"label-cycle/{LABEL_CYCLE}", timeout=0)  # due while the first still works
             end = time.monotonic() + 240
+            first_when_decided = None
             while time.monotonic() < end:
                 s1, s2 = client.read_flow_run(first.id).state, client.read_flow_run(second.id).state
+                if s2.is_final() and first_when_decided is None:
+                    first_when_decided = s1.type.value
+                    hold.write_text("0")  # the second is decided: let the first finish
                 if s1.is_final() and s2.is_final():
                     break
                 time.sleep(1)
@@ -267,7 +273,7 @@ def test_overlapping_cycles_second_is_cancelled(pool, shared, labelstudio_server
         _stop(proc)
         log.close()
     assert s1.is_completed(), (s1, (tmp_path / "serve.log").read_text()[-3000:])
-    assert s2.is_cancelled() and "concurrency limit" in (s2.message or ""), s2
+    assert s2.is_cancelled() and "concurrency limit" in (s2.message or ""), (s2, first_when_decided)
 
 
 def test_killed_worker_lease_expires_and_the_other_worker_finishes(pool, shared):
